@@ -1,0 +1,158 @@
+"""The single entry point: ``xtok <verb> ...``. Each verb validates its input and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Cross-tokenizer tooling for pretrained LLMs.")
+models_app = typer.Typer(no_args_is_help=True, help="The bundled model catalogue.")
+app.add_typer(models_app, name="models")
+console = Console()
+err_console = Console(stderr=True)
+
+
+class State:
+    cache_dir: Optional[Path] = None
+
+
+@app.callback()
+def _main(
+    cache_dir: Annotated[Optional[Path], typer.Option(envvar="XTOK_CACHE_DIR", help="where converted models live")] = None,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v info, -vv debug")] = 0,
+) -> None:
+    level = logging.WARNING - 10 * min(verbose + 1, 2) if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    State.cache_dir = cache_dir
+
+
+def _fail(exc: Exception) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(2)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Catalogue models: names, sizes, vocabularies, whether installed and converted."""
+    from xtok.models import catalogue as cat
+    from xtok.models.load import catalogue_model_dir, is_prepared
+
+    table = Table(title="xtok model catalogue")
+    for col in ("name", "model", "arch", "vocab", "tokenizer", "GGUF MB", "installed", "converted"):
+        table.add_column(col)
+    for entry in cat.CATALOGUE.values():
+        converted = "-"
+        if is_prepared(entry.name, State.cache_dir):
+            folder = catalogue_model_dir(entry.name, State.cache_dir)
+            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+            converted = f"{size / 1e6:.0f} MB"
+        table.add_row(
+            entry.name, entry.description, entry.arch, f"{entry.vocab_size:,}", entry.tokenizer_kind,
+            f"{entry.gguf_size / 1e6:.0f}" if entry.gguf_size else "?", "yes" if cat.is_installed(entry) else "no", converted,
+        )
+    console.print(table)
+    console.print(f"cache: {State.cache_dir or cat.default_cache_dir()}")
+
+
+@models_app.command("prepare")
+def models_prepare(
+    names: Annotated[Optional[list[str]], typer.Argument(help="catalogue names")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every CI-sized catalogue model")] = False,
+    force: Annotated[bool, typer.Option(help="convert again even if converted")] = False,
+) -> None:
+    """Convert catalogue models from their GGUF into verified Hugging Face folders (once)."""
+    from xtok.models import catalogue as cat
+    from xtok.models.load import prepare
+
+    chosen = [e.name for e in cat.CATALOGUE.values() if e.ci] if all_ else list(names or [])
+    if not chosen:
+        _fail(ValueError(f"name a model ({', '.join(cat.CATALOGUE)}) or pass --all"))
+    try:
+        for name in chosen:
+            console.print(f"{name}: {prepare(name, State.cache_dir, force=force)}")
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+
+
+@app.command("eval")
+def eval_cmd(
+    models: Annotated[list[str], typer.Argument(help="catalogue names, HF folders or GGUF files")],
+    data: Annotated[str, typer.Option(help="bundled:eval, bundled:train, a jsonl/txt file or folder")] = "bundled:eval",
+    domains: Annotated[Optional[list[str]], typer.Option("--domain", help="only these domains")] = None,
+    max_docs: Annotated[Optional[int], typer.Option(help="documents per domain")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="truncate each document")] = None,
+    window: int = 1024,
+    overlap: int = 256,
+    batch_tokens: int = 8192,
+    dtype: str = "float32",
+    out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/eval/<models>.json)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON line per model, no tables")] = False,
+) -> None:
+    """Bits per byte, bytes per token and digit splitting, per domain and overall."""
+    from xtok.config import config_from_dict
+    from xtok.eval.report import print_tables
+    from xtok.eval.run import run_eval
+
+    try:
+        cfg = config_from_dict({
+            "recipe": "eval", "models": models,
+            "data": {"spec": data, "domains": domains or None, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars},
+            "eval": {"window": window, "overlap": overlap, "batch_tokens": batch_tokens, "dtype": dtype},
+        }, "command line")
+        slug = "+".join(Path(m).name for m in models)[:120]
+        out = out or Path("xtok-out") / "eval" / f"{slug}.json"
+        results = run_eval(cfg, State.cache_dir, out, progress=not as_json)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        for r in results:
+            sys.stdout.write(json.dumps(r) + "\n")
+    else:
+        print_tables(results, console)
+        console.print(f"written: {out}")
+
+
+@app.command("validate")
+def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
+    """Check configs against the schema without loading any model."""
+    from xtok.config import load_config
+
+    bad = 0
+    for c in configs:
+        try:
+            cfg = load_config(c)
+            console.print(f"[green]ok[/] {c} ({cfg.recipe})")
+        except (ValueError, OSError) as exc:
+            bad += 1
+            err_console.print(f"[red]invalid[/] {exc}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("ls")
+def ls_cmd() -> None:
+    """Recipes, configs and every registry."""
+    from xtok.config import CONFIGS_DIR, RECIPE_SCHEMAS
+    from xtok.registry import ALL_REGISTRIES
+
+    console.print("[bold]recipes:[/] " + ", ".join(RECIPE_SCHEMAS))
+    for p in sorted(CONFIGS_DIR.rglob("*.yaml")):
+        console.print(f"  config {p.relative_to(CONFIGS_DIR)}")
+    for title, reg in ALL_REGISTRIES.items():
+        console.print(f"[bold]{title}:[/]")
+        for name in reg.names():
+            console.print(f"  {name}: {reg.help(name)}")
+
+
+def main() -> None:
+    app()

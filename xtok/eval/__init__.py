@@ -1,0 +1,1 @@
+"""Evaluation: bits per byte, compression, digit-split diagnostics, reports."""

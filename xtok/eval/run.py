@@ -1,0 +1,44 @@
+"""The eval job: load data once, score each model, write one JSON."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from xtok.config import EvalConfig
+from xtok.corpus import load_corpus
+from xtok.eval.bpb import evaluate
+from xtok.eval.numbers import digit_split_stats
+from xtok.models.load import load_model
+from xtok.utils.io import provenance, write_json
+
+log = logging.getLogger(__name__)
+
+
+def eval_model(model, tokenizer, name: str, ds, cfg: EvalConfig, progress: bool = True) -> dict:
+    settings = cfg.eval
+    res = evaluate(
+        model, tokenizer, ds["text"], ds["domain"], window=settings.window, overlap=settings.overlap,
+        batch_tokens=settings.batch_tokens, progress=progress,
+    ).to_dict()
+    out = {"model": name, **res}
+    if settings.numbers:
+        texts = [t for t, d in zip(ds["text"], ds["domain"]) if d == "numbers"] or ds["text"][:20]
+        out["numbers"] = digit_split_stats(tokenizer, texts)
+    return out
+
+
+def run_eval(cfg: EvalConfig, cache_dir: str | Path | None = None, out: str | Path | None = None, progress: bool = True) -> list[dict]:
+    ds = load_corpus(cfg.data.spec, domains=cfg.data.domains, max_docs_per_domain=cfg.data.max_docs_per_domain,
+                     max_chars_per_doc=cfg.data.max_chars_per_doc)
+    results = []
+    for spec in cfg.models:
+        log.info("evaluating %s on %d documents", spec, len(ds))
+        model, tokenizer = load_model(spec, cache_dir, dtype=cfg.eval.dtype)
+        results.append(eval_model(model, tokenizer, spec, ds, cfg, progress))
+        del model
+        gc.collect()
+    if out is not None:
+        write_json(out, {"results": results, "provenance": provenance(cfg)})
+    return results

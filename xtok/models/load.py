@@ -1,0 +1,130 @@
+"""Resolve any model spec (catalogue name, local HF folder, GGUF path, hub id) and load it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from xtok.models import catalogue as cat
+from xtok.models.convert import convert_gguf, extract_tokenizer
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _cache(cache_dir: str | Path | None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir else cat.default_cache_dir()
+
+
+def catalogue_model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
+    return _cache(cache_dir) / "models" / name
+
+
+def is_prepared(name: str, cache_dir: str | Path | None = None) -> bool:
+    return (catalogue_model_dir(name, cache_dir) / "config.json").is_file()
+
+
+def prepare(name: str, cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
+    """Convert catalogue model ``name`` into a verified HF folder in the cache, once."""
+    entry = cat.get_entry(name)
+    out = catalogue_model_dir(name, cache_dir)
+    if is_prepared(name, cache_dir) and not force:
+        return out
+    gguf = cat.gguf_file(entry, _cache(cache_dir))
+    log.info("converting catalogue model %s (first use; later runs reuse %s)", name, out)
+    return convert_gguf(gguf, out, overwrite=force, info={"catalogue_name": name, "sha256": entry.sha256})
+
+
+def _check_folder(path: Path, need_model: bool) -> None:
+    if need_model and not (path / "config.json").is_file():
+        raise ValueError(f"{path} has no config.json: it is not a Hugging Face model folder")
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise ValueError(
+            f"{path} holds no tokenizer ({', '.join(TOKENIZER_FILES)}); save one there with "
+            "tokenizer.save_pretrained(path) or pass a folder that has it"
+        )
+
+
+def _gguf_dir(path: Path, cache_dir: str | Path | None) -> Path:
+    st = path.stat()
+    return _cache(cache_dir) / "models" / f"gguf-{path.stem}-{st.st_size:x}-{int(st.st_mtime):x}"
+
+
+def resolve_model(spec: str | Path, cache_dir: str | Path | None = None) -> str:
+    """Return what ``from_pretrained`` should load for ``spec`` (a folder path, or a hub id).
+
+    Catalogue names and GGUF files are converted into the cache on first use.
+    """
+    spec_s = str(spec)
+    if spec_s in cat.CATALOGUE:
+        return str(prepare(spec_s, cache_dir))
+    path = Path(spec_s).expanduser()
+    if path.is_dir():
+        _check_folder(path, need_model=True)
+        return str(path)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist")
+        out = _gguf_dir(path, cache_dir)
+        if not (out / "config.json").is_file():
+            convert_gguf(path, out)
+        return str(out)
+    if path.exists():
+        raise ValueError(f"{path} is neither a model folder nor a .gguf file")
+    if spec_s.count("/") == 1 and not spec_s.startswith((".", "/", "~")):
+        return spec_s  # a hub id: transformers loads it where a network or a local hub cache exists
+    raise ValueError(
+        f"unknown model {spec_s!r}: not a catalogue name ({', '.join(cat.CATALOGUE)}), an existing folder, "
+        "a .gguf file or a hub id (org/name)"
+    )
+
+
+def resolve_tokenizer(spec: str | Path, cache_dir: str | Path | None = None) -> str:
+    """Like resolve_model, but a catalogue model needs only its tokenizer extracted, not a conversion."""
+    spec_s = str(spec)
+    if spec_s in cat.CATALOGUE:
+        if is_prepared(spec_s, cache_dir):
+            return str(catalogue_model_dir(spec_s, cache_dir))
+        out = _cache(cache_dir) / "tokenizers" / spec_s
+        if not (out / "tokenizer_config.json").is_file():
+            extract_tokenizer(cat.gguf_file(cat.get_entry(spec_s), _cache(cache_dir)), out, overwrite=out.exists())
+        return str(out)
+    path = Path(spec_s).expanduser()
+    if path.is_dir():
+        _check_folder(path, need_model=False)
+        return str(path)
+    if path.suffix == ".gguf" and path.is_file():
+        out = _gguf_dir(path, cache_dir)
+        if (out / "config.json").is_file():
+            return str(out)
+        tok_out = out.with_name(out.name + "-tokenizer")
+        if not (tok_out / "tokenizer_config.json").is_file():
+            extract_tokenizer(path, tok_out, overwrite=tok_out.exists())
+        return str(tok_out)
+    return resolve_model(spec_s, cache_dir)
+
+
+def load_tokenizer(spec: str | Path, cache_dir: str | Path | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_tokenizer(spec, cache_dir))
+
+
+def load_model(spec: str | Path, cache_dir: str | Path | None = None, dtype: str = "float32"):
+    """Load (model, tokenizer) in eval mode from any spec."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = resolve_model(spec, cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(where)
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype)).eval()
+    return model, tokenizer
