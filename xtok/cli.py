@@ -16,8 +16,9 @@ from rich.table import Table
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Cross-tokenizer tooling for pretrained LLMs.")
 models_app = typer.Typer(no_args_is_help=True, help="The bundled model catalogue.")
 app.add_typer(models_app, name="models")
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 class State:
@@ -34,6 +35,9 @@ def _main(
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     State.cache_dir = cache_dir
+    import datasets
+
+    datasets.disable_progress_bars()
 
 
 def _fail(exc: Exception) -> None:
@@ -49,7 +53,7 @@ def models_list() -> None:
 
     table = Table(title="xtok model catalogue")
     for col in ("name", "model", "arch", "vocab", "tokenizer", "GGUF MB", "installed", "converted"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "name")
     for entry in cat.CATALOGUE.values():
         converted = "-"
         if is_prepared(entry.name, State.cache_dir):

@@ -41,7 +41,7 @@ def plan_windows(n: int, window: int, overlap: int) -> list[tuple[int, int, int]
         end = min(start + window, n)
         out.append((start, end, score_from))
         score_from = end
-        start += window - overlap
+        start = end - max(overlap, 1)  # the next window's first target needs one position of context at least
     return out
 
 

@@ -18,14 +18,15 @@ log = logging.getLogger(__name__)
 
 def eval_model(model, tokenizer, name: str, ds, cfg: EvalConfig, progress: bool = True) -> dict:
     settings = cfg.eval
+    texts, domains = list(ds["text"]), list(ds["domain"])
     res = evaluate(
-        model, tokenizer, ds["text"], ds["domain"], window=settings.window, overlap=settings.overlap,
+        model, tokenizer, texts, domains, window=settings.window, overlap=settings.overlap,
         batch_tokens=settings.batch_tokens, progress=progress,
     ).to_dict()
     out = {"model": name, **res}
     if settings.numbers:
-        texts = [t for t, d in zip(ds["text"], ds["domain"]) if d == "numbers"] or ds["text"][:20]
-        out["numbers"] = digit_split_stats(tokenizer, texts)
+        numbers = [t for t, d in zip(texts, domains) if d == "numbers"] or texts[:20]
+        out["numbers"] = digit_split_stats(tokenizer, numbers)
     return out
 
 

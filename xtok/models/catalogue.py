@@ -11,7 +11,6 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import platformdirs
@@ -118,12 +117,13 @@ def is_installed(entry: CatalogueModel) -> bool:
 def part_paths(entry: CatalogueModel) -> list[Path]:
     paths = []
     for mod, rel in entry.parts:
-        if importlib.util.find_spec(mod) is None:
+        spec = importlib.util.find_spec(mod)  # locates without importing: some packages' __init__ imports fail
+        if spec is None or not spec.submodule_search_locations:
             raise ModelPackageMissing(
                 f"catalogue model {entry.name!r} needs package module {mod!r}, which is not installed; "
                 f"run: {entry.pip_command}"
             )
-        path = Path(str(resources.files(mod).joinpath(rel)))
+        path = Path(list(spec.submodule_search_locations)[0]) / rel
         if not path.is_file():
             raise ModelPackageMissing(f"{path} is missing from the installed package; reinstall with: {entry.pip_command}")
         paths.append(path)

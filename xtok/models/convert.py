@@ -80,13 +80,14 @@ def compare_with_folder(model, tokenizer, folder: Path, atol: float = 1e-4) -> f
 
     ref_ids, ref_logits = probe_logits(model, tokenizer)
     tok2 = AutoTokenizer.from_pretrained(str(folder))
-    model2 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=ref_logits.dtype).eval()
-    ids2, logits2 = probe_logits(model2, tok2)
+    ids2 = tok2(PROBE_TEXT)["input_ids"]
     if ids2 != ref_ids:
         raise ConversionError(f"the tokenizer written to {folder} tokenizes the probe differently: {ids2[:20]} vs {ref_ids[:20]}")
     for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
         if getattr(tok2, role) != getattr(tokenizer, role):
             raise ConversionError(f"{role} changed in conversion: {getattr(tok2, role)!r} vs {getattr(tokenizer, role)!r}")
+    model2 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=ref_logits.dtype).eval()
+    _, logits2 = probe_logits(model2, tok2)
     diff = (logits2 - ref_logits).abs().max().item()
     if not diff <= atol:  # also catches NaN
         raise ConversionError(f"logits of the converted folder {folder} differ from the source model by {diff:.3g} (> {atol})")

@@ -1,0 +1,73 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import build_tiny
+from xtok.models import catalogue as cat
+from xtok.models.convert import MODEL_INFO_FILE, ConversionError, check_gguf_readable, compare_with_folder, load_gguf
+from xtok.models.load import resolve_model
+
+
+def test_truncated_gguf_is_refused(tmp_path):
+    src = cat.gguf_file(cat.get_entry("smollm2-135m"))
+    bad = tmp_path / "truncated.gguf"
+    with open(src, "rb") as fh:
+        bad.write_bytes(fh.read(src.stat().st_size // 3))
+    with pytest.raises(ConversionError, match="corrupt or truncated"):
+        check_gguf_readable(bad)
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf at all" * 100)
+    with pytest.raises(ConversionError, match="corrupt or truncated"):
+        check_gguf_readable(garbage)
+    with pytest.raises(ConversionError):
+        resolve_model(bad, cache_dir=tmp_path / "cache")
+    assert not any((tmp_path / "cache" / "models").glob("*/config.json")) if (tmp_path / "cache").exists() else True
+
+
+def test_compare_with_folder_catches_changed_logits(tmp_path, real_tokenizer):
+    tok = real_tokenizer("smollm2-135m")
+    model = build_tiny("llama", tok)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert compare_with_folder(model, tok, tmp_path) <= 1e-6
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight.add_(0.05)
+    with pytest.raises(ConversionError, match="logits of the converted folder"):
+        compare_with_folder(model, tok, tmp_path)
+
+
+def test_compare_with_folder_catches_changed_tokenizer(tmp_path, real_tokenizer):
+    tok = real_tokenizer("smollm2-135m")
+    model = build_tiny("llama", tok)
+    model.save_pretrained(tmp_path)
+    other = real_tokenizer("qwen2.5-coder-0.5b")
+    other.save_pretrained(tmp_path)
+    with pytest.raises(ConversionError, match="tokenizes the probe differently"):
+        compare_with_folder(model, tok, tmp_path)
+
+
+def test_prepared_smollm2_matches_gguf(cache_dir):
+    """The catalogue conversion of SmolLM2 reproduces the GGUF-loaded model's logits and tokenizer."""
+    folder = resolve_model("smollm2-135m", cache_dir)
+    info = json.loads((Path(folder) / MODEL_INFO_FILE).read_text())
+    assert info["max_abs_logit_diff"] <= 1e-4 and info["tied_embeddings"] and info["vocab_size"] == 49152
+    tok, model = load_gguf(cat.gguf_file(cat.get_entry("smollm2-135m")))
+    assert compare_with_folder(model, tok, folder) <= 1e-4
+
+
+def test_interrupted_conversion_leaves_no_complete_folder(tmp_path, monkeypatch, real_tokenizer):
+    from xtok.models import convert
+
+    tok = real_tokenizer("smollm2-135m")
+    monkeypatch.setattr(convert, "load_gguf", lambda path: (tok, build_tiny("llama", tok)))
+
+    def boom(*a, **k):
+        raise ConversionError("simulated failure after writing weights")
+
+    monkeypatch.setattr(convert, "compare_with_folder", boom)
+    out = tmp_path / "out" / "smol"
+    with pytest.raises(ConversionError):
+        convert.convert_gguf(tmp_path / "any.gguf", out)
+    assert list((tmp_path / "out").iterdir()) == []

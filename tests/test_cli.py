@@ -1,0 +1,63 @@
+"""Drive the real CLI in a subprocess, as a user would."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def xtok(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "xtok", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_eval_json_line(tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("smollm2-135m")
+    out = tmp_path / "res.json"
+    res = xtok("eval", str(folder), "--max-docs", "1", "--max-chars", "400", "--window", "128", "--overlap", "32",
+               "--out", str(out), "--json")
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    assert len(lines) == 1
+    r = lines[0]
+    assert set(r["domains"]) == {"code", "multilingual", "numbers", "prose"}
+    assert r["overall"]["bits_per_byte"] > 0 and r["numbers"]["digit_tokens"] > 0
+    on_disk = json.loads(out.read_text())
+    assert on_disk["results"][0]["overall"] == r["overall"]
+    assert on_disk["provenance"]["config"]["eval"]["window"] == 128
+
+
+def test_eval_table(tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("qwen2.5-coder-0.5b")
+    res = xtok("eval", str(folder), "--max-docs", "1", "--max-chars", "200", "--domain", "code",
+               "--window", "64", "--overlap", "16", "--out", str(tmp_path / "r.json"))
+    assert res.returncode == 0, res.stderr
+    assert "bits/byte" in res.stdout and "code" in res.stdout and "overall" in res.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["eval", "no-such-model"], "smollm2-135m"),
+    (["eval", "smollm2-135m", "--window", "100", "--overlap", "100"], "overlap"),
+    (["eval", "smollm2-135m", "--data", "/nonexistent/data.jsonl"], "not found"),
+    (["models", "prepare"], "--all"),
+    (["models", "prepare", "gpt-5"], "known: smollm2-135m"),
+])
+def test_bad_input_exits_with_message(args, message):
+    res = xtok(*args)
+    assert res.returncode == 2
+    assert message in " ".join(res.stderr.split())
+
+
+def test_validate(tmp_path):
+    assert xtok("validate", "eval/catalogue").returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: eval\nmodels: [a]\nwindow: 3\n")
+    res = xtok("validate", str(bad))
+    assert res.returncode == 1 and "window" in res.stderr
+
+
+def test_models_list_and_ls():
+    res = xtok("models", "list")
+    assert res.returncode == 0 and "qwen2.5-coder-0.5b" in res.stdout
+    res = xtok("ls")
+    assert res.returncode == 0 and "recipes:" in res.stdout

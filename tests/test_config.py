@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import pytest
+
+from xtok.config import CONFIGS_DIR, EvalConfig, config_from_dict, load_config
+
+ALL_CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
+
+
+def test_configs_exist():
+    assert ALL_CONFIGS, f"no YAML under {CONFIGS_DIR}"
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=[str(p.relative_to(CONFIGS_DIR)) for p in ALL_CONFIGS])
+def test_every_config_validates(path: Path):
+    cfg = load_config(path)
+    assert path.parent.name == cfg.recipe or path.parent.parent.name == cfg.recipe
+
+
+def test_unknown_key_rejected():
+    with pytest.raises(ValueError, match="Extra inputs are not permitted"):
+        config_from_dict({"recipe": "eval", "models": ["x"], "eval": {"windw": 10}})
+
+
+def test_unknown_recipe_rejected():
+    with pytest.raises(ValueError, match="'recipe' must be one of"):
+        config_from_dict({"recipe": "bake", "models": ["x"]})
+
+
+def test_overrides_and_cross_field_checks(tmp_path):
+    cfg = load_config("eval/catalogue", ["eval.window=512", "eval.overlap=128", "data.max_docs_per_domain=3"])
+    assert isinstance(cfg, EvalConfig)
+    assert (cfg.eval.window, cfg.eval.overlap, cfg.data.max_docs_per_domain) == (512, 128, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        load_config("eval/catalogue", ["eval.window=100", "eval.overlap=100"])
+    with pytest.raises(ValueError, match="not key=value"):
+        load_config("eval/catalogue", ["eval.window"])

@@ -1,0 +1,3 @@
+from xtok.cli import main
+
+main()
