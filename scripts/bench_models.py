@@ -33,12 +33,15 @@ def main() -> None:
     ap.add_argument("--reconvert", action="store_true", help="time a fresh conversion into a temporary folder")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--max-docs", type=int, default=None, help="documents per eval domain (default: all)")
+    ap.add_argument("--max-chars", type=int, default=None, help="truncate each document")
     ap.add_argument("--out", default="bench/results/models.json")
     args = ap.parse_args()
 
     cfg = config_from_dict({"recipe": "eval", "models": args.models,
+                            "data": {"max_docs_per_domain": args.max_docs, "max_chars_per_doc": args.max_chars},
                             "eval": {"window": args.window, "overlap": args.window // 4, "dtype": args.dtype}})
-    ds = load_corpus(cfg.data.spec)
+    ds = load_corpus(cfg.data.spec, max_docs_per_domain=cfg.data.max_docs_per_domain, max_chars_per_doc=cfg.data.max_chars_per_doc)
     rows = []
     for name in args.models:
         folder = prepare(name)

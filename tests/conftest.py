@@ -55,7 +55,8 @@ def build_tiny(arch: str, tokenizer, seed: int = 0, **overrides):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    cfg = tiny_config(arch, len(tokenizer), tokenizer, **overrides)
+    vocab_size = overrides.pop("vocab_size", len(tokenizer))
+    cfg = tiny_config(arch, vocab_size, tokenizer, **overrides)
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 

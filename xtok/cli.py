@@ -126,6 +126,41 @@ def eval_cmd(
         console.print(f"written: {out}")
 
 
+@app.command("transplant")
+def transplant_cmd(
+    student: Annotated[Optional[str], typer.Option(help="model to receive the new tokenizer")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="model (or tokenizer) whose vocabulary the student gets")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (a plain HF model folder)")] = None,
+    method: Annotated[Optional[str], typer.Option(help="init method for new tokens [default: omp] (xtok ls)")] = None,
+    k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 64]")] = None,
+    chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
+    teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
+    config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
+) -> None:
+    """Give STUDENT the TEACHER's tokenizer: shared tokens copied, new ones by OMP (or another method)."""
+    from xtok.config import config_from_dict, load_config
+    from xtok.transplant.run import run_transplant
+
+    given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method, "k": k,
+             "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only, "overwrite": overwrite}
+    try:
+        base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
+        base.update({key: value for key, value in given.items() if value is not None})
+        for key in ("student", "teacher"):
+            if not base.get(key):
+                raise ValueError(f"missing --{key}")
+        cfg = config_from_dict(base, "command line")
+        folder, report = run_transplant(cfg, State.cache_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    t = report["tokens"]
+    console.print(f"transplanted {report['student']} <- {report['teacher']} tokenizer with {report['method']}: "
+                  f"{t['shared_bytes']} shared, {t['shared_special']} special by role, {t['new']} new; "
+                  f"{report['seconds']}s -> {folder}")
+
+
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""

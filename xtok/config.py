@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 DType = Literal["float32", "bfloat16"]
@@ -52,7 +52,30 @@ class EvalConfig(Strict):
     eval: EvalSettings = EvalSettings()
 
 
-RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig}
+class TransplantConfig(Strict):
+    """Give ``student`` the tokenizer of ``teacher``; new tokens by ``method`` (see ``xtok ls``)."""
+
+    recipe: Literal["transplant"] = "transplant"
+    student: str
+    teacher: str
+    out: str | None = None
+    method: str = "omp"
+    k: int = Field(64, ge=1, description="OMP sparsity: anchors per new token")
+    chunk: int = Field(1024, ge=1, description="new tokens per OMP step; bounds peak memory")
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
+    overwrite: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from xtok.registry import INIT_METHODS
+
+        INIT_METHODS.get(v)
+        return v
+
+
+RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

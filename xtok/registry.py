@@ -21,13 +21,17 @@ class Registry:
         self._modules = modules  # modules whose import fills this registry
         self._items: dict[str, Callable[..., Any]] = {}
         self._help: dict[str, str] = {}
+        self._meta: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str, *, help: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(self, name: str, *, help: str = "", **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator; ``meta`` holds facts callers check before use (e.g. ``needs_donor=True``)."""
+
         def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._items and self._items[name] is not fn:
                 raise ValueError(f"{self.kind} {name!r} is registered twice; pick another name")
             self._items[name] = fn
             self._help[name] = help or (fn.__doc__ or "").strip().split("\n")[0]
+            self._meta[name] = meta
             return fn
 
         return decorator
@@ -50,6 +54,10 @@ class Registry:
         self._load()
         return self._help[name]
 
+    def meta(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        return self._meta[name]
+
     def __contains__(self, name: object) -> bool:
         self._load()
         return name in self._items
@@ -59,7 +67,7 @@ class Registry:
 
 
 # Every registry of the project, with the modules that fill it (imported on first use).
-INIT_METHODS = Registry("init method", modules=())
+INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods",))
 LOSSES = Registry("loss", modules=())
 DRAFT_BACKENDS = Registry("drafter backend", modules=())
 

@@ -1,0 +1,42 @@
+"""xtok transplant through the real CLI on tiny models with real tokenizers."""
+
+import json
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from tests.test_cli import xtok
+from xtok.transplant.apply import REPORT_FILE
+from xtok.utils.io import PROVENANCE_FILE
+
+
+def test_transplant_cli_writes_a_loadable_folder(tiny_model_dir, tmp_path):
+    student, teacher = tiny_model_dir("qwen2.5-coder-0.5b"), tiny_model_dir("smollm2-135m")
+    out = tmp_path / "out"
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(out), "--k", "4")
+    assert res.returncode == 0, res.stderr
+    assert "shared" in res.stdout
+    report = json.loads((out / REPORT_FILE).read_text())
+    assert report["method"] == "omp" and report["k"] == 4
+    assert report["spaces"]["output"]["approximated"] == report["tokens"]["new"] > 0
+    prov = json.loads((out / PROVENANCE_FILE).read_text())
+    assert prov["config"]["student"] == str(student)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok) == 49152
+    # a second run refuses to overwrite, and leaves the folder as it was
+    again = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(out))
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    assert (out / REPORT_FILE).is_file()
+
+
+def test_transplant_cli_bad_input(tiny_model_dir, tmp_path):
+    student, teacher = tiny_model_dir("qwen2.5-coder-0.5b"), tiny_model_dir("smollm2-135m")
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+               "--teacher-tokenizer-only")
+    assert res.returncode == 2 and "needs the teacher's embeddings" in " ".join(res.stderr.split())
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+               "--method", "telepathy")
+    assert res.returncode == 2 and "unknown init method" in " ".join(res.stderr.split())
+    res = xtok("transplant", "--teacher", str(teacher), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "missing --student" in res.stderr
+    assert not (tmp_path / "o").exists()

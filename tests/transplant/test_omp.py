@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from xtok.transplant.omp import batch_omp
+
+
+def _reference_omp(x: np.ndarray, atoms: np.ndarray, k: int):
+    """Textbook OMP for one vector: normalized correlation, dense least squares on the support each step."""
+    unit = atoms / np.linalg.norm(atoms, axis=1, keepdims=True)
+    support, r, c = [], x.copy(), None
+    for _ in range(k):
+        support.append(int(np.argmax(np.abs(unit @ r))))
+        c, *_ = np.linalg.lstsq(atoms[support].T, x, rcond=None)
+        r = x - atoms[support].T @ c
+    return support, c
+
+
+def test_matches_textbook_omp():
+    rng = np.random.default_rng(0)
+    atoms = rng.standard_normal((300, 24))
+    x = rng.standard_normal((40, 24))
+    idx, coef = batch_omp(torch.tensor(x, dtype=torch.float32), torch.tensor(atoms, dtype=torch.float32), 6, chunk=16)
+    for i in range(40):
+        support, c = _reference_omp(x[i], atoms, 6)
+        assert idx[i].tolist() == support
+        np.testing.assert_allclose(coef[i].numpy(), c, rtol=1e-3, atol=1e-4)
+
+
+def test_coefficients_are_least_squares_on_the_support():
+    torch.manual_seed(0)
+    atoms, x = torch.randn(2000, 64), torch.randn(50, 64)
+    idx, coef = batch_omp(x, atoms, 12, chunk=32)
+    for i in range(50):
+        ref = torch.linalg.lstsq(atoms[idx[i]].T.double(), x[i].double().unsqueeze(-1)).solution.squeeze(-1)
+        torch.testing.assert_close(coef[i].double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_recovers_exact_sparse_combinations():
+    torch.manual_seed(1)
+    atoms = torch.randn(1000, 128)
+    true = torch.stack([torch.randperm(1000)[:5] for _ in range(30)])
+    c = torch.randn(30, 5)
+    x = torch.einsum("bk,bkd->bd", c, atoms[true])
+    idx, coef = batch_omp(x, atoms, 5)
+    for i in range(30):
+        assert set(idx[i].tolist()) == set(true[i].tolist())
+    recon = torch.einsum("bk,bkd->bd", coef, atoms[idx])
+    torch.testing.assert_close(recon, x, rtol=1e-4, atol=1e-4)
+
+
+def test_exact_target_with_spare_iterations_stays_finite():
+    atoms = torch.eye(8)
+    x = torch.tensor([[1.0, 2.0, 0, 0, 0, 0, 0, 0]])
+    idx, coef = batch_omp(x, atoms, 4)
+    recon = coef @ atoms[idx[0]]
+    torch.testing.assert_close(recon[0], x[0])
+    assert torch.isfinite(coef).all()
+
+
+def test_chunking_does_not_change_results():
+    torch.manual_seed(2)
+    atoms, x = torch.randn(500, 32), torch.randn(77, 32)
+    a = batch_omp(x, atoms, 8, chunk=7)
+    b = batch_omp(x, atoms, 8, chunk=1000)
+    assert torch.equal(a[0], b[0])
+    torch.testing.assert_close(a[1], b[1])
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="number of anchors"):
+        batch_omp(torch.randn(2, 4), torch.randn(3, 4), 5)
+    bad = torch.randn(3, 4)
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        batch_omp(torch.randn(2, 4), bad, 2)
+    with pytest.raises(ValueError, match="must be"):
+        batch_omp(torch.randn(2, 4), torch.randn(3, 5), 2)

@@ -1,0 +1,1 @@
+"""Tokenizer transplant: give a student model a teacher's vocabulary, training-free."""

@@ -1,0 +1,174 @@
+"""Apply an init method to a student model: new embedding rows for the teacher's vocabulary, checked, saved."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xtok.registry import INIT_METHODS
+from xtok.transplant.methods import Space
+from xtok.utils.io import atomic_dir, write_json, write_provenance
+from xtok.vocab.canonical import canonical_vocab
+from xtok.vocab.shared import TokenMap, build_token_map
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "transplant_report.json"
+
+
+def _matrix(module, what: str, model) -> torch.Tensor:
+    if module is None or not hasattr(module, "weight"):
+        raise ValueError(f"unsupported architecture {type(model).__name__}: it has no {what} embedding matrix")
+    w = module.weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise ValueError(f"NaN or Inf in the {what} embeddings of {type(model).__name__}; the weights are broken")
+    return w
+
+
+def is_tied(model) -> bool:
+    inp, out = model.get_input_embeddings(), model.get_output_embeddings()
+    return out is not None and inp.weight.data_ptr() == out.weight.data_ptr()
+
+
+def _check_rows(tmap: TokenMap, student_rows: int, teacher_len: int, donor_rows: int | None) -> None:
+    used = tmap.student_of[tmap.student_of >= 0]
+    if len(used) and int(used.max()) >= student_rows:
+        bad = int(used.max())
+        raise ValueError(
+            f"the student tokenizer has id {bad} but the student's embedding has only {student_rows} rows; "
+            "give the matching tokenizer, or resize the student's embeddings to its tokenizer first"
+        )
+    if donor_rows is not None and teacher_len > donor_rows:
+        raise ValueError(
+            f"the teacher tokenizer has {teacher_len} tokens but the teacher's embedding has only {donor_rows} rows; "
+            "give the teacher model that belongs to this tokenizer"
+        )
+
+
+def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The (rows, d_s) matrix of one space: shared rows copied, new rows by ``method``, padding zero."""
+    d = space.student.shape[1]
+    out = torch.zeros((rows, d))
+    shared = tmap.shared_teacher_ids
+    out[shared] = space.student[tmap.student_of[shared]]
+    new = tmap.new_teacher_ids
+    t0 = time.perf_counter()
+    if len(new):
+        out[new] = INIT_METHODS.get(method)(space, new).float()
+    seconds = time.perf_counter() - t0
+    if not torch.isfinite(out).all():
+        raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
+    return out, {"copied": int(len(shared)), "approximated": int(len(new)), "method": method,
+                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2)}
+
+
+def transplant(
+    student_model,
+    student_tok,
+    teacher_tok,
+    *,
+    teacher_model=None,
+    method: str = "omp",
+    k: int = 64,
+    chunk: int = 1024,
+    dtype: str = "auto",
+    progress: bool = False,
+) -> tuple[Any, dict[str, Any]]:
+    """Return a copy of ``student_model`` speaking ``teacher_tok``, and a report of what was done.
+
+    Shared tokens (byte-canonical, specials by role) are copied; the rest are made by ``method`` in
+    each embedding space: the input embeddings with the teacher's input embeddings as donor, an
+    untied output head with the teacher's output head. ``student_model`` is not modified.
+    """
+    INIT_METHODS.get(method)  # unknown method: fail before any work
+    t0 = time.perf_counter()
+    tcv = canonical_vocab(teacher_tok)
+    tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
+    anchor_t, anchor_s = tmap.anchors()
+    if len(anchor_t) == 0:
+        raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
+    if INIT_METHODS.meta(method).get("needs_donor") and teacher_model is None:
+        Space("input", torch.zeros(1, 1), None, anchor_t, anchor_s, [], None).need_donor(method)
+    if method == "omp" and not 1 <= k <= len(anchor_t):
+        raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
+    s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
+    d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
+    _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
+    rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
+    common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
+                  student_tokenizer=student_tok, k=k, chunk=chunk, dtype=dtype, progress=progress)
+    tied = is_tied(student_model)
+    new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)
+    spaces = {"input": rep_in}
+    new_out = None
+    if not tied:
+        s_out = _matrix(student_model.get_output_embeddings(), "output", student_model)
+        d_out = None
+        if teacher_model is not None:
+            t_out = teacher_model.get_output_embeddings()
+            d_out = _matrix(t_out if t_out is not None else teacher_model.get_input_embeddings(), "output", teacher_model)
+        new_out, spaces["output"] = _new_space_rows(Space("output", s_out, d_out, **common), tmap, method, rows)
+
+    model = copy.deepcopy(student_model)
+    model.resize_token_embeddings(rows, mean_resizing=False)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.copy_(new_in)
+        if new_out is not None:
+            model.get_output_embeddings().weight.copy_(new_out)
+    _set_special_ids(model, teacher_tok, teacher_model)
+    check_port(model, rows, tied)
+    report = {
+        "method": method, "k": k if method == "omp" else None, "tied_student": tied,
+        "teacher_tokenizer_kind": tmap.teacher_kind, "student_tokenizer_kind": tmap.student_kind,
+        "tokens": tmap.counts(), "anchors": int(len(anchor_t)), "spaces": spaces,
+        "special_tokens": [
+            {"teacher": teacher_tok.convert_ids_to_tokens(m.teacher_id), "student": student_tok.convert_ids_to_tokens(m.student_id),
+             "how": m.how} for m in tmap.specials
+        ],
+        "vocab_rows": rows, "seconds": round(time.perf_counter() - t0, 2),
+    }
+    log.info("transplant: %s", report["tokens"])
+    return model, report
+
+
+def _set_special_ids(model, teacher_tok, teacher_model) -> None:
+    ids = {f"{r}_token_id": getattr(teacher_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")}
+    for key, value in ids.items():
+        setattr(model.config, key, value)
+    if teacher_model is not None and getattr(teacher_model, "generation_config", None) is not None:
+        model.generation_config = copy.deepcopy(teacher_model.generation_config)
+    elif getattr(model, "generation_config", None) is not None:
+        for key, value in ids.items():
+            setattr(model.generation_config, key, value)
+
+
+def check_port(model, rows: int, tied: bool) -> None:
+    """Weight-port asserts: every key and shape matches a fresh model of the new config; tying kept."""
+    from transformers import AutoModelForCausalLM
+
+    if model.config.vocab_size != rows:
+        raise AssertionError(f"config.vocab_size {model.config.vocab_size} != {rows} embedding rows")
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(model.config)
+    want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if want != got:
+        diff = sorted(set(want.items()) ^ set(got.items()))[:6]
+        raise AssertionError(f"transplanted state dict differs from the architecture's: {diff}")
+    if is_tied(model) != tied:
+        raise AssertionError("tying of input embeddings and output head changed in the transplant")
+
+
+def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: Any = None, overwrite: bool = False) -> Path:
+    """Write a plain HF folder (teacher tokenizer, chat template, generation config) + report, atomically."""
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        teacher_tok.save_pretrained(tmp)
+        write_json(tmp / REPORT_FILE, report)
+        write_provenance(tmp, config, step="transplant")
+    return Path(out)

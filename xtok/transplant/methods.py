@@ -1,0 +1,144 @@
+"""Init methods for tokens new to the student, one registry, one interface.
+
+Every method is ``fn(space: Space, new_ids: LongTensor) -> Tensor (len(new_ids), d_student)``:
+rows for the given teacher token ids, in the student's embedding space ``space.student``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from xtok.registry import INIT_METHODS
+from xtok.transplant.omp import batch_omp
+
+
+@dataclass
+class Space:
+    """One embedding space (input embeddings or output head) of a transplant."""
+
+    name: str
+    student: torch.Tensor  # (V_s, d_s) float32
+    donor: torch.Tensor | None  # (V_t, d_t) float32: the teacher's matrix in the same role, None for a bare tokenizer
+    anchor_teacher: torch.Tensor  # (n,) teacher ids of byte-shared tokens
+    anchor_student: torch.Tensor  # (n,) their student ids
+    teacher_bytes: list[bytes | None]  # per teacher id
+    student_tokenizer: object
+    k: int = 64
+    chunk: int = 1024
+    dtype: str = "auto"
+    top_k: int = 16
+    seed: int = 0
+    progress: bool = False
+
+    def need_donor(self, method: str) -> torch.Tensor:
+        if self.donor is None:
+            ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
+            raise ValueError(
+                f"init method {method!r} needs the teacher's embeddings, but the teacher was given as a bare tokenizer; "
+                f"give a teacher model, or use a method that works without: {', '.join(ok)}"
+            )
+        return self.donor
+
+
+@INIT_METHODS.register("zero", help="all-zero rows")
+def zero_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    return torch.zeros((len(new_ids), space.student.shape[1]))
+
+
+@INIT_METHODS.register("mean", help="the mean of the student's rows")
+def mean_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    return space.student.mean(0, keepdim=True).expand(len(new_ids), -1).clone()
+
+
+@INIT_METHODS.register("randn", help="Gaussian samples with the mean and covariance of the student's rows")
+def randn_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    e = space.student.double()
+    mu = e.mean(0)
+    cov = torch.cov(e.T) + 1e-6 * torch.eye(e.shape[1], dtype=e.dtype)
+    gen = torch.Generator().manual_seed(space.seed)
+    z = torch.randn((len(new_ids), e.shape[1]), generator=gen, dtype=e.dtype)
+    return (mu + z @ torch.linalg.cholesky(cov).T).float()
+
+
+def _student_pieces(space: Space, b: bytes) -> list[int]:
+    """Student ids spelling ``b``: its tokenizer on the text where the bytes are UTF-8, else longest byte matches."""
+    try:
+        ids = space.student_tokenizer(b.decode("utf-8"), add_special_tokens=False)["input_ids"]
+        if ids:
+            return ids
+    except UnicodeDecodeError:
+        pass
+    index = _byte_index(space)
+    out, i = [], 0
+    while i < len(b):
+        for j in range(len(b), i, -1):
+            if b[i:j] in index:
+                out.append(index[b[i:j]])
+                i = j
+                break
+        else:
+            i += 1  # a byte the student cannot spell at all is skipped
+    return out
+
+
+def _byte_index(space: Space) -> dict[bytes, int]:
+    cached = getattr(space, "_student_index", None)
+    if cached is None:
+        from xtok.vocab.canonical import canonical_vocab
+
+        cached = canonical_vocab(space.student_tokenizer).index()
+        space._student_index = cached
+    return cached
+
+
+@INIT_METHODS.register("subword", help="the mean of the student pieces that spell the new token")
+def subword_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    out = torch.empty((len(new_ids), space.student.shape[1]))
+    mean = space.student.mean(0)
+    rows = space.student.shape[0]
+    for r, tid in enumerate(new_ids.tolist()):
+        b = space.teacher_bytes[tid]
+        pieces = [p for p in _student_pieces(space, b) if p < rows] if b else []
+        out[r] = space.student[pieces].mean(0) if pieces else mean
+    return out
+
+
+def sparsemax(z: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the last dim (Martins & Astudillo 2016): Euclidean projection onto the simplex."""
+    zs, _ = z.sort(dim=-1, descending=True)
+    cs = zs.cumsum(-1)
+    ks = torch.arange(1, z.shape[-1] + 1, dtype=z.dtype)
+    support = 1 + ks * zs > cs
+    kz = support.sum(-1, keepdim=True)
+    tau = (cs.gather(-1, kz - 1) - 1) / kz
+    return (z - tau).clamp_min(0)
+
+
+@INIT_METHODS.register("focus", help="FOCUS-style: sparsemax over the most similar anchors in donor space",
+                       needs_donor=True)
+def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    donor = space.need_donor("focus")
+    anchors = torch.nn.functional.normalize(donor[space.anchor_teacher].float(), dim=1)
+    student_rows = space.student[space.anchor_student]
+    out = torch.empty((len(new_ids), space.student.shape[1]))
+    for s in range(0, len(new_ids), space.chunk):
+        x = torch.nn.functional.normalize(donor[new_ids[s : s + space.chunk]].float(), dim=1)
+        sim, idx = (x @ anchors.T).topk(min(space.top_k, anchors.shape[0]), dim=1)  # (B, top_k)
+        w = sparsemax(sim)
+        out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", w, student_rows[idx])
+    return out
+
+
+@INIT_METHODS.register("omp", help="Orthogonal Matching Pursuit over shared anchors in donor space (default)",
+                       needs_donor=True)
+def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    donor = space.need_donor("omp")
+    idx, coef = batch_omp(donor[new_ids], donor[space.anchor_teacher], space.k, chunk=space.chunk,
+                          dtype=space.dtype, progress=space.progress)
+    student_rows = space.student[space.anchor_student]  # (n, d_s)
+    out = torch.empty((len(new_ids), space.student.shape[1]))
+    for s in range(0, len(new_ids), space.chunk):
+        out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
+    return out

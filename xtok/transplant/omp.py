@@ -1,0 +1,93 @@
+"""Batched Orthogonal Matching Pursuit over a fixed dictionary of anchor embeddings.
+
+For each target x (a row of X) OMP picks k dictionary atoms greedily, each time the atom most
+correlated with the current residual, and re-fits all coefficients by least squares on the chosen
+support. Here a whole chunk of targets advances together: the correlation step is one matrix
+product (chunk × d) @ (d × n_atoms) per iteration, which dominates; the least squares is kept up
+to date with a per-target Cholesky factor that grows by one row per iteration (cost k^2, not k^3).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def fast_bf16_matmul() -> bool:
+    """True where the CPU runs bf16 matrix products natively (AMX); elsewhere bf16 is far slower than fp32."""
+    probe = getattr(torch._C._cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16_matmul() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    b, d = x.shape  # x: (B, d) float32
+    support = torch.empty((b, k), dtype=torch.long)
+    chosen = torch.zeros((b, k, d), dtype=torch.float32)  # (B, k, d) the selected atoms
+    chol = torch.zeros((b, k, k), dtype=torch.float32)  # lower-triangular Cholesky of the support's Gram
+    rhs = torch.zeros((b, k), dtype=torch.float32)  # <atom_j, x> for the support
+    residual = x
+    coef = torch.empty(0)
+    for t in range(k):
+        corr = residual.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n): the dominant product
+        hi, lo = corr.max(dim=1), corr.min(dim=1)  # argmax |corr| without writing a (B, n) abs copy
+        j = torch.where(hi.values >= -lo.values, hi.indices, lo.indices)  # (B,)
+        del corr
+        # The residual is orthogonal to the support, so a chosen atom comes back only when the target is
+        # already reproduced exactly; such a row gets a zero atom (coefficient 0) instead of a duplicate.
+        fresh = ~(support[:, :t] == j[:, None]).any(dim=1) if t else torch.ones(b, dtype=torch.bool)
+        support[:, t] = j
+        a = atoms[j] * fresh[:, None]  # (B, d)
+        chosen[:, t] = a
+        rhs[:, t] = (a * x).sum(-1)
+        if t:
+            g = torch.bmm(chosen[:, :t], a.unsqueeze(-1))  # (B, t, 1) inner products with the support
+            w = torch.linalg.solve_triangular(chol[:, :t, :t], g, upper=False).squeeze(-1)  # (B, t)
+            chol[:, t, :t] = w
+            diag2 = (a * a).sum(-1) - (w * w).sum(-1)
+        else:
+            diag2 = (a * a).sum(-1)
+        chol[:, t, t] = torch.where(fresh, diag2.clamp_min(1e-12).sqrt(), torch.ones(()))
+        coef = torch.cholesky_solve(rhs[:, : t + 1].unsqueeze(-1), chol[:, : t + 1, : t + 1]).squeeze(-1)  # (B, t+1)
+        residual = x - torch.bmm(coef.unsqueeze(1), chosen[:, : t + 1]).squeeze(1)  # (B, d)
+    return support, coef
+
+
+def batch_omp(
+    x: torch.Tensor, atoms: torch.Tensor, k: int, *, chunk: int = 1024, dtype: str = "float32", progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse codes of each row of ``x`` (N, d) over the rows of ``atoms`` (n, d).
+
+    Returns ``(indices (N, k) long, coefficients (N, k) float32)`` with
+    ``x[i] ≈ coefficients[i] @ atoms[indices[i]]``. Memory is bounded by ``chunk`` rows at a time;
+    ``dtype`` sets the correlation product only ("auto": bf16 where the CPU has AMX); the least
+    squares is always float32.
+    """
+    if x.ndim != 2 or atoms.ndim != 2 or x.shape[1] != atoms.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} and atoms {tuple(atoms.shape)} must be (N, d) and (n, d)")
+    n = atoms.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of anchors ({n}); lower k")
+    if not (torch.isfinite(x).all() and torch.isfinite(atoms).all()):
+        raise ValueError("NaN or Inf in the embeddings given to OMP; check the model weights")
+    atoms = atoms.float()
+    norms = atoms.norm(dim=1, keepdim=True)
+    atoms_unit = (atoms / norms.clamp_min(1e-12)).to(resolve_dtype(dtype))  # select by normalized correlation
+    idx_out = torch.empty((x.shape[0], k), dtype=torch.long)
+    coef_out = torch.empty((x.shape[0], k), dtype=torch.float32)
+    from tqdm.auto import tqdm
+
+    for start in tqdm(range(0, x.shape[0], chunk), desc=f"omp k={k}", unit="chunk", disable=not progress):
+        stop = min(start + chunk, x.shape[0])
+        idx, coef = _omp_chunk(x[start:stop].float(), atoms, atoms_unit, k)
+        idx_out[start:stop] = idx
+        coef_out[start:stop] = coef
+    return idx_out, coef_out

@@ -1,0 +1,38 @@
+"""The transplant job: resolve models, transplant, save a loadable folder with its report."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from pathlib import Path
+
+from xtok.config import TransplantConfig
+from xtok.models.load import load_model, load_tokenizer
+from xtok.registry import INIT_METHODS
+from xtok.transplant.apply import save_transplant, transplant
+from xtok.utils.io import check_output_path
+
+log = logging.getLogger(__name__)
+
+
+def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
+    if cfg.out is None:
+        raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
+    out = check_output_path(cfg.out, cfg.overwrite)  # fail before loading anything
+    needs_donor = INIT_METHODS.meta(cfg.method).get("needs_donor", False)
+    if cfg.teacher_tokenizer_only and needs_donor:
+        ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
+        raise ValueError(f"method {cfg.method!r} needs the teacher's embeddings; with --teacher-tokenizer-only use one of: {', '.join(ok)}")
+    student, student_tok = load_model(cfg.student, cache_dir)
+    teacher_model = None
+    if needs_donor:
+        teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
+    else:
+        teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
+    model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
+                               k=cfg.k, chunk=cfg.chunk, dtype=cfg.dtype, progress=progress)
+    report.update(student=cfg.student, teacher=cfg.teacher)
+    del student, teacher_model
+    gc.collect()
+    save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite)
+    return out, report

@@ -1,0 +1,1 @@
+"""Vocabularies: byte-canonical token strings, special-token roles, shared-token maps."""
