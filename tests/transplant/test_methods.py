@@ -52,10 +52,12 @@ def test_omp_recovers_a_linear_relation_between_spaces():
 
 def test_focus_is_a_convex_mix_of_similar_anchors():
     torch.manual_seed(0)
-    donor, student = torch.randn(50, 8), torch.randn(40, 4)
-    donor[45] = donor[3] * 2.0  # same direction as anchor 3
-    rows = INIT_METHODS.get("focus")(_space(student, donor, 40), torch.tensor([45]))
+    donor, student = torch.eye(50) * torch.rand(50, 1).add(0.5), torch.randn(40, 4)  # orthogonal anchors
+    donor[45] = donor[3] * 2.0  # cosine 1 with anchor 3, 0 with the rest: sparsemax puts all weight there
+    donor[46] = donor[3] / donor[3].norm() + donor[7] / donor[7].norm()  # equally like anchors 3 and 7: half each
+    rows = INIT_METHODS.get("focus")(_space(student, donor, 40), torch.tensor([45, 46]))
     torch.testing.assert_close(rows[0], student[3], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(rows[1], (student[3] + student[7]) / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_sparsemax_is_a_projection_onto_the_simplex():

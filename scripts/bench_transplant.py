@@ -1,0 +1,164 @@
+"""Benchmark the OMP transplant: speed against mergekit-tokensurgeon's OMP, exactness, and quality per init method.
+
+    .venv/bin/python scripts/bench_transplant.py --student smollm2-135m --teacher qwen2.5-coder-0.5b \
+        --k 64 --sample 1024 --peer-python /tmp/tsurgeon/venv/bin/python \
+        --methods omp focus subword mean randn zero --quality-k 8 --max-docs 3 --max-chars 3000
+
+Speed: both OMPs run on the same sample of new tokens, same dictionary (all shared anchors), same k,
+one after the other in this run; the full-vocabulary time is extrapolated linearly from the
+sample (ours is timed at two sample sizes to show the linearity). The peer is mergekit's
+``batch_omp`` (mergekit 0.1.5, run by ``--peer-python``, a Python that has ``pip install
+mergekit==0.1.5 torch==2.13.0``) over the same tensors, in the same batch size tokensurgeon uses (512).
+Quality: bits per byte per eval domain of the student before and after a transplant by each method.
+Writes bench/results/transplant.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+import torch
+
+from xtok.config import config_from_dict
+from xtok.corpus import load_corpus
+from xtok.eval.run import eval_model
+from xtok.models.load import load_model
+from xtok.transplant.apply import transplant
+from xtok.transplant.omp import batch_omp, resolve_dtype
+from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.vocab.shared import build_token_map
+
+PEER_CODE = """
+import sys, time, torch
+from mergekit.tokensurgeon import batch_omp
+d = torch.load(sys.argv[1])
+x, atoms, k, bs = d["x"], d["atoms"], d["k"], d["batch"]
+t0 = time.perf_counter()
+idx, coef = [], []
+for s in range(0, x.shape[0], bs):
+    i, c = batch_omp(x[s:s + bs], atoms, k)
+    idx.append(i); coef.append(c)
+torch.save({"seconds": time.perf_counter() - t0, "idx": torch.cat(idx), "coef": torch.cat(coef)}, sys.argv[2])
+"""
+
+
+class PeakRSS:
+    """Sample this process's resident memory in a thread; .peak in bytes."""
+
+    def __enter__(self):
+        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(0.05)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join()
+
+
+def timed_omp(x, atoms, k, chunk, dtype):
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        idx, coef = batch_omp(x, atoms, k, chunk=chunk, dtype=dtype)
+        seconds = time.perf_counter() - t0
+    return idx, coef, seconds, mem.peak
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default="smollm2-135m")
+    ap.add_argument("--teacher", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--k", type=int, default=64)
+    ap.add_argument("--sample", type=int, default=1024, help="new tokens timed (extrapolated to all)")
+    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--peer-python", default=None, help="a Python with mergekit installed; omit to skip the peer")
+    ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
+    ap.add_argument("--quality-k", type=int, default=None, help="k for the quality run (default --k)")
+    ap.add_argument("--max-docs", type=int, default=3)
+    ap.add_argument("--max-chars", type=int, default=3000)
+    ap.add_argument("--out", default="bench/results/transplant.json")
+    args = ap.parse_args()
+    result: dict = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]), "machine": machine_info(),
+                    "packages": package_versions(), "student": args.student, "teacher": args.teacher,
+                    "omp_dtype": str(resolve_dtype(args.dtype))}
+
+    student, s_tok = load_model(args.student)
+    teacher, t_tok = load_model(args.teacher)
+    tmap = build_token_map(t_tok, s_tok)
+    anchor_t, _ = tmap.anchors()
+    new = tmap.new_teacher_ids
+    donor = teacher.get_input_embeddings().weight.detach().float()
+    atoms = donor[anchor_t]
+    gen = torch.Generator().manual_seed(0)
+    sample = new[torch.randperm(len(new), generator=gen)[: args.sample]]
+    x = donor[sample]
+    result["tokens"] = tmap.counts() | {"anchors": len(anchor_t), "donor_dim": donor.shape[1]}
+
+    # speed: ours at sample/2 and sample (linearity), then the peer on the same sample
+    half = args.sample // 2
+    _, _, t_half, _ = timed_omp(x[:half], atoms, args.k, args.chunk, args.dtype)
+    idx, coef, t_full, peak = timed_omp(x, atoms, args.k, args.chunk, args.dtype)
+    per_token = t_full / args.sample
+    speed = {"k": args.k, "sample_tokens": args.sample, "chunk": args.chunk,
+             "xtok_seconds_half_sample": round(t_half, 2), "xtok_seconds_sample": round(t_full, 2),
+             "xtok_linearity_ratio": round(t_full / t_half, 3), "xtok_peak_rss_mb": round(peak / 2**20),
+             "xtok_extrapolated_seconds_all_new": round(per_token * len(new), 1)}
+    # exactness: our coefficients against dense least squares on our support
+    errs = []
+    for i in range(0, args.sample, max(1, args.sample // 64)):
+        ref = torch.linalg.lstsq(atoms[idx[i]].T.double(), x[i].double().unsqueeze(-1)).solution.squeeze(-1)
+        errs.append((coef[i].double() - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12))
+    speed["max_relative_coef_error_vs_lstsq"] = max(errs)
+    if args.peer_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save({"x": x, "atoms": atoms, "k": args.k, "batch": 512}, f"{tmp}/in.pt")
+            subprocess.run([args.peer_python, "-c", PEER_CODE, f"{tmp}/in.pt", f"{tmp}/out.pt"], check=True)
+            peer = torch.load(f"{tmp}/out.pt")
+        same = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, peer["idx"])) / idx.numel()
+        speed.update(peer="mergekit 0.1.5 tokensurgeon batch_omp (batch 512)", peer_seconds_sample=round(peer["seconds"], 2),
+                     peer_extrapolated_seconds_all_new=round(peer["seconds"] / args.sample * len(new), 1),
+                     speedup_vs_peer=round(peer["seconds"] / t_full, 2), support_overlap_with_peer=round(same, 3))
+    result["speed"] = speed
+    print(json.dumps(speed, indent=1))
+    write_json(args.out, result)
+
+    # quality: bits per byte per domain before and after each method
+    cfg = config_from_dict({"recipe": "eval", "models": [args.student],
+                            "data": {"max_docs_per_domain": args.max_docs, "max_chars_per_doc": args.max_chars}})
+    ds = load_corpus(cfg.data.spec, max_docs_per_domain=args.max_docs, max_chars_per_doc=args.max_chars)
+    quality = {"untouched student": eval_model(student, s_tok, args.student, ds, cfg, progress=False),
+               "teacher": eval_model(teacher, t_tok, args.teacher, ds, cfg, progress=False)}
+    for method in args.methods:
+        t0 = time.perf_counter()
+        model, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method,
+                                   k=args.quality_k or args.k, chunk=args.chunk, dtype=args.dtype)
+        seconds = time.perf_counter() - t0
+        quality[method] = eval_model(model, t_tok, method, ds, cfg, progress=False) | {"transplant_seconds": round(seconds, 1)}
+        del model
+        gc.collect()
+        print(method, {d: round(v["bits_per_byte"], 3) for d, v in quality[method]["domains"].items()}, flush=True)
+        result["quality"] = {"k": args.quality_k or args.k, "data": f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars",
+                             "bits_per_byte": {m: {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
+                                 "overall": r["overall"]["bits_per_byte"]} for m, r in quality.items()},
+                             "transplant_seconds": {m: r.get("transplant_seconds") for m, r in quality.items()}}
+        write_json(args.out, result)
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
