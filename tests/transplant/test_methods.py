@@ -79,6 +79,10 @@ def test_subword_is_the_mean_of_the_student_pieces(real_tokenizer):
     rows = INIT_METHODS.get("subword")(sp, torch.tensor([0, 1]))
     torch.testing.assert_close(rows[0], student[pieces].mean(0))
     assert torch.isfinite(rows[1]).all()  # a partial UTF-8 sequence is spelled from byte tokens
+    assert sp.fallbacks == 0
+    sp_none = _space(student, None, 10, smol, teacher_bytes=[None])
+    torch.testing.assert_close(INIT_METHODS.get("subword")(sp_none, torch.tensor([0]))[0], student.mean(0))
+    assert sp_none.fallbacks == 1
 
 
 def test_donor_methods_refuse_a_bare_tokenizer():

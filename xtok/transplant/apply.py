@@ -63,7 +63,8 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
     seconds = time.perf_counter() - t0
     if not torch.isfinite(out).all():
         raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
-    return out, {"copied": int(len(shared)), "approximated": int(len(new)), "method": method,
+    return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
+                 "fallback_to_mean": space.fallbacks, "method": method,
                  "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2)}
 
 

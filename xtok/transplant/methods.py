@@ -31,6 +31,7 @@ class Space:
     top_k: int = 16
     seed: int = 0
     progress: bool = False
+    fallbacks: int = 0  # new tokens a method could not build and left at the student mean
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
@@ -102,6 +103,7 @@ def subword_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
         b = space.teacher_bytes[tid]
         pieces = [p for p in _student_pieces(space, b) if p < rows] if b else []
         out[r] = space.student[pieces].mean(0) if pieces else mean
+        space.fallbacks += not pieces
     return out
 
 

@@ -1,0 +1,1 @@
+"""Pure distillation losses (one registry: xtok.registry.LOSSES)."""

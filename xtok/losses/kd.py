@@ -1,0 +1,147 @@
+"""Token-level distillation losses, written once and tested against the math.
+
+Convention (as in GKD and TRL): P = teacher, Q = student, per token over the vocabulary.
+- forward KL   = KL(P || Q)   (mode-covering; β = 0)
+- reverse KL   = KL(Q || P)   (mode-seeking;  β = 1)
+- generalized JSD(β), 0 < β < 1: with M = β·P + (1-β)·Q,
+  JSD_β = β·KL(P || M) + (1-β)·KL(Q || M); β = 0 and β = 1 are defined as the two KLs above.
+Temperature τ divides both logits and multiplies the loss by τ² (Hinton). Positions where
+``mask`` is False (prompt, padding) contribute nothing. Logits are processed in chunks of
+positions, so a (B, T, V) float32 copy of the logits never exists.
+
+Each function returns ``(summed loss, number of counted positions)``; the caller divides by the
+total count over all accumulation steps (dividing per micro-batch is wrong when they differ).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from xtok.registry import LOSSES
+
+
+def _divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-position divergence over the last dim of float32 log-probabilities (..., V) -> (...)."""
+    if beta == 0.0:
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    if beta == 1.0:
+        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    m = torch.logsumexp(torch.stack([t_logp + math.log(beta), s_logp + math.log(1 - beta)]), dim=0)
+    kl_t = (t_logp.exp() * (t_logp - m)).sum(-1)
+    kl_s = (s_logp.exp() * (s_logp - m)).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+def _check(student: torch.Tensor, teacher_shape: tuple, mask: torch.Tensor | None, beta: float, temperature: float) -> None:
+    if student.shape[:-1] != teacher_shape[:-1]:
+        raise ValueError(f"student logits {tuple(student.shape)} and teacher {teacher_shape} differ in (B, T)")
+    if mask is not None and mask.shape != student.shape[:-1]:
+        raise ValueError(f"mask {tuple(mask.shape)} must be (B, T) = {tuple(student.shape[:-1])}")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta={beta} must lie in [0, 1] (0 = forward KL, 1 = reverse KL)")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+
+
+def distill_loss(
+    student_logits: torch.Tensor,  # (B, T, V)
+    teacher_logits: torch.Tensor,  # (B, T, V)
+    mask: torch.Tensor | None = None,  # (B, T) bool: positions that count
+    *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    chunk: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized JSD(β) between full teacher and student distributions; returns (sum, count)."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ; "
+            "teacher and student must share one vocabulary: transplant the student first (xtok transplant)"
+        )
+    _check(student_logits, tuple(teacher_logits.shape), mask, beta, temperature)
+    b, t, _ = student_logits.shape
+    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, t, chunk):
+        m = mask[:, s : s + chunk]
+        if not m.any():
+            continue
+        s_logp = torch.log_softmax(student_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
+        t_logp = torch.log_softmax(teacher_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
+        total = total + _divergence(s_logp, t_logp, beta).sum()
+    return total * temperature**2, mask.sum()
+
+
+def topk_distill_loss(
+    student_logits: torch.Tensor,  # (B, T, V)
+    teacher_topk_logprobs: torch.Tensor,  # (B, T, K) teacher log-probs of its top-K tokens (at temperature 1)
+    teacher_topk_ids: torch.Tensor,  # (B, T, K) long
+    mask: torch.Tensor | None = None,  # (B, T)
+    *,
+    beta: float = 0.0,
+    temperature: float = 1.0,
+    chunk: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The divergence over K+1 buckets: the teacher's top-K tokens and one tail bucket holding the rest.
+
+    With K = V this equals ``distill_loss`` (the tail is empty). ``temperature`` re-tempers the stored
+    teacher log-probs (renormalized over the top-K and tail) and the student logits alike.
+    """
+    _check(student_logits, tuple(teacher_topk_logprobs.shape), mask, beta, temperature)
+    b, t, _ = student_logits.shape
+    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, t, chunk):
+        m = mask[:, s : s + chunk]
+        if not m.any():
+            continue
+        s_logp = torch.log_softmax(student_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
+        ids = teacher_topk_ids[:, s : s + chunk][m]  # (N, K)
+        t_top = teacher_topk_logprobs[:, s : s + chunk][m].float()  # (N, K)
+        if temperature != 1.0:  # re-temper: log p^(1/τ), renormalized with the tail treated as one token
+            tail = torch.log1p(-t_top.exp().sum(-1).clamp(max=1 - 1e-7))
+            both = torch.cat([t_top, tail.unsqueeze(-1)], dim=-1) / temperature
+            both = both - torch.logsumexp(both, dim=-1, keepdim=True)
+            t_top = both[:, :-1]
+        s_top = s_logp.gather(-1, ids)  # (N, K)
+        t_b = _with_tail(t_top)
+        s_b = _with_tail(s_top)
+        total = total + _divergence(s_b, t_b, beta).sum()
+    return total * temperature**2, mask.sum()
+
+
+def _with_tail(top_logp: torch.Tensor) -> torch.Tensor:
+    """(N, K) log-probs -> (N, K+1) with log(1 - sum p) as the last bucket (clamped away from log 0)."""
+    tail = torch.log((1 - top_logp.exp().sum(-1)).clamp_min(1e-12))
+    return torch.cat([top_logp, tail.unsqueeze(-1)], dim=-1)
+
+
+def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
+                      chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of ``labels`` (B, T) at the counted positions; returns (sum, count)."""
+    b, t, _ = student_logits.shape
+    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, t, chunk):
+        m = mask[:, s : s + chunk]
+        if m.any():
+            logits = student_logits[:, s : s + chunk][m].float()
+            total = total + torch.nn.functional.cross_entropy(logits, labels[:, s : s + chunk][m], reduction="sum")
+    return total, mask.sum()
+
+
+@LOSSES.register("forward_kl", help="KL(teacher || student), mode-covering")
+def forward_kl(student_logits, teacher_logits, mask=None, **kw):
+    return distill_loss(student_logits, teacher_logits, mask, beta=0.0, **kw)
+
+
+@LOSSES.register("reverse_kl", help="KL(student || teacher), mode-seeking")
+def reverse_kl(student_logits, teacher_logits, mask=None, **kw):
+    return distill_loss(student_logits, teacher_logits, mask, beta=1.0, **kw)
+
+
+@LOSSES.register("jsd", help="generalized JSD(beta); beta=0/1 are forward/reverse KL")
+def jsd(student_logits, teacher_logits, mask=None, beta: float = 0.5, **kw):
+    return distill_loss(student_logits, teacher_logits, mask, beta=beta, **kw)
