@@ -70,10 +70,10 @@ class PeakRSS:
         self.thread.join()
 
 
-def timed_omp(x, atoms, k, chunk, dtype):
+def timed_omp(x, atoms, k, chunk, dtype, candidates=None):
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        idx, coef = batch_omp(x, atoms, k, chunk=chunk, dtype=dtype)
+        idx, coef = batch_omp(x, atoms, k, chunk=chunk, dtype=dtype, candidates=candidates)
         seconds = time.perf_counter() - t0
     return idx, coef, seconds, mem.peak
 
@@ -87,6 +87,9 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--peer-python", default=None, help="a Python with mergekit installed; omit to skip the peer")
+    ap.add_argument("--candidates", nargs="*", type=int, default=[], help="also time OMP restricted to m candidates")
+    ap.add_argument("--quality-candidates", type=int, default=None, help="candidates for the quality run's omp")
+    ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
     ap.add_argument("--quality-k", type=int, default=None, help="k for the quality run (default --k)")
     ap.add_argument("--max-docs", type=int, default=3)
@@ -133,9 +136,23 @@ def main() -> None:
         speed.update(peer="mergekit 0.1.5 tokensurgeon batch_omp (batch 512)", peer_seconds_sample=round(peer["seconds"], 2),
                      peer_extrapolated_seconds_all_new=round(peer["seconds"] / args.sample * len(new), 1),
                      speedup_vs_peer=round(peer["seconds"] / t_full, 2), support_overlap_with_peer=round(same, 3))
+    exact_resid = (x - torch.einsum("bk,bkd->bd", coef, atoms[idx])).norm(dim=1)
+    for m in args.candidates:
+        c_idx, c_coef, t_m, peak_m = timed_omp(x, atoms, args.k, args.chunk, args.dtype, candidates=m)
+        resid = (x - torch.einsum("bk,bkd->bd", c_coef, atoms[c_idx])).norm(dim=1)
+        overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, c_idx)) / idx.numel()
+        speed[f"candidates_{m}"] = {
+            "seconds_sample": round(t_m, 2), "extrapolated_seconds_all_new": round(t_m / args.sample * len(new), 1),
+            "speedup_vs_exact": round(t_full / t_m, 2), "peak_rss_mb": round(peak_m / 2**20),
+            "support_overlap_with_exact": round(overlap, 3),
+            "mean_residual_ratio_vs_exact": round((resid / exact_resid.clamp_min(1e-12)).mean().item(), 4),
+            **({"speedup_vs_peer": round(speed["peer_seconds_sample"] / t_m, 2)} if "peer_seconds_sample" in speed else {}),
+        }
     result["speed"] = speed
     print(json.dumps(speed, indent=1))
     write_json(args.out, result)
+    if args.skip_quality:
+        return
 
     # quality: bits per byte per domain before and after each method
     cfg = config_from_dict({"recipe": "eval", "models": [args.student],
@@ -146,13 +163,15 @@ def main() -> None:
     for method in args.methods:
         t0 = time.perf_counter()
         model, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method,
-                                   k=args.quality_k or args.k, chunk=args.chunk, dtype=args.dtype)
+                                   k=args.quality_k or args.k, candidates=args.quality_candidates, chunk=args.chunk,
+                                   dtype=args.dtype)
         seconds = time.perf_counter() - t0
         quality[method] = eval_model(model, t_tok, method, ds, cfg, progress=False) | {"transplant_seconds": round(seconds, 1)}
         del model
         gc.collect()
         print(method, {d: round(v["bits_per_byte"], 3) for d, v in quality[method]["domains"].items()}, flush=True)
-        result["quality"] = {"k": args.quality_k or args.k, "data": f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars",
+        result["quality"] = {"k": args.quality_k or args.k, "candidates": args.quality_candidates,
+                             "data": f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars",
                              "bits_per_byte": {m: {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
                                  "overall": r["overall"]["bits_per_byte"]} for m, r in quality.items()},
                              "transplant_seconds": {m: r.get("transplant_seconds") for m, r in quality.items()}}

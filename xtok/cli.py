@@ -133,6 +133,7 @@ def transplant_cmd(
     out: Annotated[Optional[Path], typer.Option(help="output folder (a plain HF model folder)")] = None,
     method: Annotated[Optional[str], typer.Option(help="init method for new tokens [default: omp] (xtok ls)")] = None,
     k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 64]")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
@@ -144,7 +145,8 @@ def transplant_cmd(
     from xtok.transplant.run import run_transplant
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method, "k": k,
-             "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only, "overwrite": overwrite}
+             "candidates": candidates, "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only,
+             "overwrite": overwrite}
     try:
         base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
         base.update({key: value for key, value in given.items() if value is not None})

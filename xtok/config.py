@@ -61,6 +61,7 @@ class TransplantConfig(Strict):
     out: str | None = None
     method: str = "omp"
     k: int = Field(64, ge=1, description="OMP sparsity: anchors per new token")
+    candidates: int | None = Field(None, ge=1, description="OMP: search only each token's m most correlated anchors")
     chunk: int = Field(1024, ge=1, description="new tokens per OMP step; bounds peak memory")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")

@@ -76,3 +76,29 @@ def test_bad_inputs():
         batch_omp(torch.randn(2, 4), bad, 2)
     with pytest.raises(ValueError, match="must be"):
         batch_omp(torch.randn(2, 4), torch.randn(3, 5), 2)
+
+
+def test_candidate_search_with_all_atoms_is_exact_omp():
+    from xtok.transplant.omp import _omp_chunk_candidates
+
+    torch.manual_seed(3)
+    atoms, x = torch.randn(300, 24), torch.randn(40, 24)
+    idx, coef = batch_omp(x, atoms, 6)
+    unit = atoms / atoms.norm(dim=1, keepdim=True)
+    idx2, coef2 = _omp_chunk_candidates(x, atoms, unit, 6, 300)
+    assert torch.equal(idx, idx2)
+    torch.testing.assert_close(coef, coef2, rtol=1e-4, atol=1e-5)
+
+
+def test_candidate_search_gives_least_squares_on_its_support():
+    torch.manual_seed(4)
+    atoms, x = torch.randn(3000, 48), torch.randn(30, 48)
+    idx, coef = batch_omp(x, atoms, 8, candidates=64)
+    exact_idx, _ = batch_omp(x, atoms, 8)
+    assert (idx[:, 0] == exact_idx[:, 0]).all()  # the first pick is always among the candidates
+    for i in range(30):
+        assert len(set(idx[i].tolist())) == 8
+        ref = torch.linalg.lstsq(atoms[idx[i]].T.double(), x[i].double().unsqueeze(-1)).solution.squeeze(-1)
+        torch.testing.assert_close(coef[i].double(), ref, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="at least k"):
+        batch_omp(x, atoms, 8, candidates=4)

@@ -76,6 +76,7 @@ def transplant(
     teacher_model=None,
     method: str = "omp",
     k: int = 64,
+    candidates: int | None = None,
     chunk: int = 1024,
     dtype: str = "auto",
     progress: bool = False,
@@ -102,7 +103,7 @@ def transplant(
     _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
     rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
     common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
-                  student_tokenizer=student_tok, k=k, chunk=chunk, dtype=dtype, progress=progress)
+                  student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress)
     tied = is_tied(student_model)
     new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)
     spaces = {"input": rep_in}
@@ -124,7 +125,8 @@ def transplant(
     _set_special_ids(model, teacher_tok, teacher_model)
     check_port(model, rows, tied)
     report = {
-        "method": method, "k": k if method == "omp" else None, "tied_student": tied,
+        "method": method, "k": k if method == "omp" else None,
+        "candidates": candidates if method == "omp" else None, "tied_student": tied,
         "teacher_tokenizer_kind": tmap.teacher_kind, "student_tokenizer_kind": tmap.student_kind,
         "tokens": tmap.counts(), "anchors": int(len(anchor_t)), "spaces": spaces,
         "special_tokens": [

@@ -26,6 +26,7 @@ class Space:
     teacher_bytes: list[bytes | None]  # per teacher id
     student_tokenizer: object
     k: int = 64
+    candidates: int | None = None  # OMP: search each token's m most correlated anchors only (None = exact)
     chunk: int = 1024
     dtype: str = "auto"
     top_k: int = 16
@@ -138,7 +139,7 @@ def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
 def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("omp")
     idx, coef = batch_omp(donor[new_ids], donor[space.anchor_teacher], space.k, chunk=space.chunk,
-                          dtype=space.dtype, progress=space.progress)
+                          dtype=space.dtype, candidates=space.candidates, progress=space.progress)
     student_rows = space.student[space.anchor_student]  # (n, d_s)
     out = torch.empty((len(new_ids), space.student.shape[1]))
     for s in range(0, len(new_ids), space.chunk):

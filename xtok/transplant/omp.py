@@ -28,14 +28,20 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
 
+def _refit(x: torch.Tensor, atoms: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Coefficients by a float64 least-squares solve on each final support (QR with pivoting; exact reference)."""
+    a = atoms[support].double().transpose(1, 2)  # (B, d, k)
+    return torch.linalg.lstsq(a, x.double().unsqueeze(-1), driver="gelsy").solution.squeeze(-1).float()
+
+
 def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    b, d = x.shape  # x: (B, d) float32
+    b, d = x.shape
+    x64 = x.double()  # the small per-target algebra runs in float64: near-collinear anchors are common
     support = torch.empty((b, k), dtype=torch.long)
-    chosen = torch.zeros((b, k, d), dtype=torch.float32)  # (B, k, d) the selected atoms
-    chol = torch.zeros((b, k, k), dtype=torch.float32)  # lower-triangular Cholesky of the support's Gram
-    rhs = torch.zeros((b, k), dtype=torch.float32)  # <atom_j, x> for the support
-    residual = x
-    coef = torch.empty(0)
+    chosen = torch.zeros((b, k, d), dtype=torch.float64)  # (B, k, d) the selected atoms
+    chol = torch.zeros((b, k, k), dtype=torch.float64)  # lower-triangular Cholesky of the support's Gram
+    rhs = torch.zeros((b, k), dtype=torch.float64)  # <atom_j, x> for the support
+    residual = x64
     for t in range(k):
         corr = residual.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n): the dominant product
         hi, lo = corr.max(dim=1), corr.min(dim=1)  # argmax |corr| without writing a (B, n) abs copy
@@ -45,9 +51,9 @@ def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k
         # already reproduced exactly; such a row gets a zero atom (coefficient 0) instead of a duplicate.
         fresh = ~(support[:, :t] == j[:, None]).any(dim=1) if t else torch.ones(b, dtype=torch.bool)
         support[:, t] = j
-        a = atoms[j] * fresh[:, None]  # (B, d)
+        a = atoms[j].double() * fresh[:, None]  # (B, d)
         chosen[:, t] = a
-        rhs[:, t] = (a * x).sum(-1)
+        rhs[:, t] = (a * x64).sum(-1)
         if t:
             g = torch.bmm(chosen[:, :t], a.unsqueeze(-1))  # (B, t, 1) inner products with the support
             w = torch.linalg.solve_triangular(chol[:, :t, :t], g, upper=False).squeeze(-1)  # (B, t)
@@ -55,27 +61,75 @@ def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k
             diag2 = (a * a).sum(-1) - (w * w).sum(-1)
         else:
             diag2 = (a * a).sum(-1)
-        chol[:, t, t] = torch.where(fresh, diag2.clamp_min(1e-12).sqrt(), torch.ones(()))
+        chol[:, t, t] = torch.where(fresh, diag2.clamp_min(1e-30).sqrt(), torch.ones((), dtype=torch.float64))
         coef = torch.cholesky_solve(rhs[:, : t + 1].unsqueeze(-1), chol[:, : t + 1, : t + 1]).squeeze(-1)  # (B, t+1)
-        residual = x - torch.bmm(coef.unsqueeze(1), chosen[:, : t + 1]).squeeze(1)  # (B, d)
-    return support, coef
+        residual = x64 - torch.bmm(coef.unsqueeze(1), chosen[:, : t + 1]).squeeze(1)  # (B, d)
+    return support, _refit(x, atoms, support)
+
+
+def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int,
+                          m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """OMP restricted to each target's ``m`` atoms most correlated with it (Batch-OMP in the Gram domain).
+
+    One product with all atoms picks the candidates; after that every iteration costs O(m * t) per
+    target instead of O(n * d). With ``m`` = all atoms this is exactly OMP.
+    """
+    b = x.shape[0]
+    corr = x.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n)
+    cand = corr.float().abs_().topk(m, dim=1).indices  # (B, m)
+    del corr
+    c = atoms[cand]  # (B, m, d)
+    gram = torch.bmm(c, c.transpose(1, 2))  # (B, m, m)
+    b0 = torch.bmm(c, x.unsqueeze(-1)).squeeze(-1)  # (B, m) <atom, x>
+    inv_norm = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-24).rsqrt()  # (B, m)
+    rows = torch.arange(b)
+    support = torch.empty((b, k), dtype=torch.long)
+    chol = torch.zeros((b, k, k), dtype=torch.float64)
+    alpha = b0 * inv_norm
+    taken = torch.zeros((b, m), dtype=torch.bool)
+    g_sup = torch.empty((b, m, k), dtype=torch.float32)  # (B, m, k) Gram columns of the support, grown per step
+    for t in range(k):
+        j = alpha.abs().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
+        taken[rows, j] = True
+        support[:, t] = j
+        g_col = gram[rows, :, j]  # (B, m): <atom_i, atom_j>
+        g_sup[:, :, t] = g_col
+        if t:
+            g = g_col.gather(1, support[:, :t]).unsqueeze(-1).double()  # (B, t, 1)
+            w = torch.linalg.solve_triangular(chol[:, :t, :t], g, upper=False).squeeze(-1)
+            chol[:, t, :t] = w
+            diag2 = g_col[rows, j].double() - (w * w).sum(-1)
+        else:
+            diag2 = g_col[rows, j].double()
+        chol[:, t, t] = diag2.clamp_min(1e-30).sqrt()
+        sup = support[:, : t + 1]
+        coef = torch.cholesky_solve(b0.gather(1, sup).double().unsqueeze(-1), chol[:, : t + 1, : t + 1]).squeeze(-1)
+        alpha = (b0 - torch.bmm(g_sup[:, :, : t + 1], coef.float().unsqueeze(-1)).squeeze(-1)) * inv_norm  # residual corr.
+    picked = cand.gather(1, support)
+    return picked, _refit(x, atoms, picked)
 
 
 def batch_omp(
-    x: torch.Tensor, atoms: torch.Tensor, k: int, *, chunk: int = 1024, dtype: str = "float32", progress: bool = False
+    x: torch.Tensor, atoms: torch.Tensor, k: int, *, chunk: int = 1024, dtype: str = "float32",
+    candidates: int | None = None, progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sparse codes of each row of ``x`` (N, d) over the rows of ``atoms`` (n, d).
 
     Returns ``(indices (N, k) long, coefficients (N, k) float32)`` with
     ``x[i] ≈ coefficients[i] @ atoms[indices[i]]``. Memory is bounded by ``chunk`` rows at a time;
     ``dtype`` sets the correlation product only ("auto": bf16 where the CPU has AMX); the least
-    squares is always float32.
+    squares is always float32. ``candidates=m`` restricts each target's search to the m atoms most
+    correlated with it (exact OMP when None or >= n; much faster where k products with all atoms
+    dominate, e.g. on CPUs without fast bf16).
     """
     if x.ndim != 2 or atoms.ndim != 2 or x.shape[1] != atoms.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and atoms {tuple(atoms.shape)} must be (N, d) and (n, d)")
     n = atoms.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be between 1 and the number of anchors ({n}); lower k")
+    if candidates is not None and candidates < k:
+        raise ValueError(f"candidates={candidates} must be at least k={k}")
+    use_candidates = candidates is not None and candidates < n
     if not (torch.isfinite(x).all() and torch.isfinite(atoms).all()):
         raise ValueError("NaN or Inf in the embeddings given to OMP; check the model weights")
     atoms = atoms.float()
@@ -87,7 +141,10 @@ def batch_omp(
 
     for start in tqdm(range(0, x.shape[0], chunk), desc=f"omp k={k}", unit="chunk", disable=not progress):
         stop = min(start + chunk, x.shape[0])
-        idx, coef = _omp_chunk(x[start:stop].float(), atoms, atoms_unit, k)
+        if use_candidates:
+            idx, coef = _omp_chunk_candidates(x[start:stop].float(), atoms, atoms_unit, k, candidates)
+        else:
+            idx, coef = _omp_chunk(x[start:stop].float(), atoms, atoms_unit, k)
         idx_out[start:stop] = idx
         coef_out[start:stop] = coef
     return idx_out, coef_out

@@ -1,0 +1,1 @@
+"""Speculative-decoding drafter checks: acceptance, speed-up and losslessness."""
