@@ -163,6 +163,47 @@ def transplant_cmd(
                   f"{report['seconds']}s -> {folder}")
 
 
+@app.command("draft-check")
+def draft_check_cmd(
+    target: Annotated[str, typer.Option(help="the model drafted for")],
+    drafter: Annotated[str, typer.Option(help="the draft model (same vocabulary, or --cross-tokenizer)")],
+    prompts: Annotated[str, typer.Option(help="documents whose beginnings are the prompts")] = "bundled:eval",
+    k: Annotated[int, typer.Option(help="draft tokens per round")] = 4,
+    num_prompts: int = 8,
+    prompt_chars: int = 256,
+    max_new_tokens: int = 64,
+    backend: Annotated[str, typer.Option(help="hf (xtok ls lists backends)")] = "hf",
+    cross_tokenizer: Annotated[bool, typer.Option(help="baseline: the drafter keeps its own tokenizer")] = False,
+    out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/draft-check/<drafter>.json)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
+) -> None:
+    """Acceptance rate, mean acceptance length, per-position acceptance, speed-up, and greedy losslessness."""
+    from xtok.config import config_from_dict
+    from xtok.speculative.run import run_draft_check
+
+    try:
+        cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts, "k": k,
+                                "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
+                                "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
+        out = out or Path("xtok-out") / "draft-check" / f"{Path(drafter).name}.json"
+        res = run_draft_check(cfg, State.cache_dir, out)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    table = Table(title=f"drafter {drafter} for {target} (k={k}, {backend})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone", "tokens_per_second_with_drafter",
+                "speedup", "lossless"):
+        v = res[key]
+        table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
+    table.add_row("acceptance per position", " ".join("-" if p is None else f"{p:.2f}" for p in res["acceptance_per_position"]))
+    console.print(table)
+    console.print(f"written: {out}")
+
+
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""

@@ -76,7 +76,32 @@ class TransplantConfig(Strict):
         return v
 
 
-RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig}
+class DraftCheckConfig(Strict):
+    """How good a drafter ``drafter`` is for ``target``: acceptance, speed-up, losslessness."""
+
+    recipe: Literal["draft_check"] = "draft_check"
+    target: str
+    drafter: str
+    prompts: str = Field("bundled:eval", description="documents whose beginnings are the prompts (held-out eval by default)")
+    num_prompts: int = Field(8, ge=1)
+    prompt_chars: int = Field(256, ge=1, description="characters of each document used as its prompt")
+    k: int = Field(4, ge=1, description="draft tokens per round")
+    max_new_tokens: int = Field(64, ge=1)
+    backend: str = "hf"
+    cross_tokenizer: bool = Field(False, description="baseline: the drafter keeps its own tokenizer (UAG)")
+    dtype: DType = "float32"
+    out: str | None = None
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from xtok.registry import DRAFT_BACKENDS
+
+        DRAFT_BACKENDS.get(v)
+        return v
+
+
+RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:

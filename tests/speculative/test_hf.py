@@ -81,3 +81,20 @@ def test_bad_inputs(pair, real_tokenizer):
         hf_draft_check(target, target, tok, [], k=2, max_new_tokens=4)
     with pytest.raises(ValueError, match="exceeds the context"):
         hf_draft_check(target, target, tok, ["word " * 600], k=2, max_new_tokens=4)
+
+
+def test_draft_check_cli_json(tiny_model_dir, tmp_path):
+    import json
+
+    from tests.test_cli import xtok
+
+    folder = tiny_model_dir("smollm2-135m")
+    res = xtok("draft-check", "--target", str(folder), "--drafter", str(folder), "--k", "3", "--num-prompts", "2",
+               "--prompt-chars", "40", "--max-new-tokens", "6", "--out", str(tmp_path / "d.json"), "--json")
+    assert res.returncode == 0, res.stderr
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    assert line["lossless"] is True and line["acceptance_rate"] == 1.0 and len(line["acceptance_per_position"]) == 3
+    bad = xtok("draft-check", "--target", str(folder), "--drafter", str(tiny_model_dir("qwen2.5-coder-0.5b")))
+    assert bad.returncode == 2 and "transplant the drafter" in " ".join(bad.stderr.split())
+    bad = xtok("draft-check", "--target", str(folder), "--drafter", str(folder), "--backend", "telepathy")
+    assert bad.returncode == 2 and "unknown drafter backend" in " ".join(bad.stderr.split())

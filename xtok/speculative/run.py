@@ -1,0 +1,43 @@
+"""The draft-check job: held-out prompts, the chosen backend, one JSON."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from xtok.config import DraftCheckConfig
+from xtok.corpus import load_corpus
+from xtok.models.load import load_model
+from xtok.registry import DRAFT_BACKENDS
+from xtok.utils.io import provenance, write_json
+
+log = logging.getLogger(__name__)
+
+
+def corpus_prompts(spec: str, n: int, chars: int) -> list[str]:
+    """The first ``chars`` characters of ``n`` documents, taken round-robin across domains."""
+    ds = load_corpus(spec)
+    by_domain: dict[str, list[str]] = {}
+    for text, dom in zip(ds["text"], ds["domain"]):
+        by_domain.setdefault(dom, []).append(text)
+    out: list[str] = []
+    i = 0
+    while len(out) < n and any(i < len(v) for v in by_domain.values()):
+        for dom in sorted(by_domain):
+            if i < len(by_domain[dom]) and len(out) < n:
+                out.append(by_domain[dom][i][:chars])
+        i += 1
+    return out
+
+
+def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, out: str | Path | None = None) -> dict:
+    backend = DRAFT_BACKENDS.get(cfg.backend)
+    prompts = corpus_prompts(cfg.prompts, cfg.num_prompts, cfg.prompt_chars)
+    target, tok = load_model(cfg.target, cache_dir, dtype=cfg.dtype)
+    drafter, d_tok = load_model(cfg.drafter, cache_dir, dtype=cfg.dtype)
+    res = backend(target, drafter, tok, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
+                  drafter_tokenizer=d_tok if cfg.cross_tokenizer else None)
+    res.update(target=cfg.target, drafter=cfg.drafter, backend=cfg.backend)
+    if out is not None:
+        write_json(out, {"result": res, "provenance": provenance(cfg)})
+    return res
