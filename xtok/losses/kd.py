@@ -34,6 +34,19 @@ def _divergence(s_logp: torch.Tensor, t_logp: torch.Tensor, beta: float) -> torc
     return beta * kl_t + (1 - beta) * kl_s
 
 
+def _full_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    b, t = logits.shape[:2]
+    return torch.ones((b, t), dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
+
+
+def _counted_chunks(mask: torch.Tensor, chunk: int):
+    """Yield (position slice, (B, chunk) mask) for every chunk that has a counted position."""
+    for s in range(0, mask.shape[1], chunk):
+        m = mask[:, s : s + chunk]
+        if m.any():
+            yield slice(s, s + chunk), m
+
+
 def _check(student: torch.Tensor, teacher_shape: tuple, mask: torch.Tensor | None, beta: float, temperature: float) -> None:
     if student.shape[:-1] != teacher_shape[:-1]:
         raise ValueError(f"student logits {tuple(student.shape)} and teacher {teacher_shape} differ in (B, T)")
@@ -61,15 +74,11 @@ def distill_loss(
             "teacher and student must share one vocabulary: transplant the student first (xtok transplant)"
         )
     _check(student_logits, tuple(teacher_logits.shape), mask, beta, temperature)
-    b, t, _ = student_logits.shape
-    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for s in range(0, t, chunk):
-        m = mask[:, s : s + chunk]
-        if not m.any():
-            continue
-        s_logp = torch.log_softmax(student_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
-        t_logp = torch.log_softmax(teacher_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
+    for pos, m in _counted_chunks(mask, chunk):
+        s_logp = torch.log_softmax(student_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
+        t_logp = torch.log_softmax(teacher_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
         total = total + _divergence(s_logp, t_logp, beta).sum()
     return total * temperature**2, mask.sum()
 
@@ -90,16 +99,12 @@ def topk_distill_loss(
     teacher log-probs (renormalized over the top-K and tail) and the student logits alike.
     """
     _check(student_logits, tuple(teacher_topk_logprobs.shape), mask, beta, temperature)
-    b, t, _ = student_logits.shape
-    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for s in range(0, t, chunk):
-        m = mask[:, s : s + chunk]
-        if not m.any():
-            continue
-        s_logp = torch.log_softmax(student_logits[:, s : s + chunk][m].float() / temperature, dim=-1)  # (N, V)
-        ids = teacher_topk_ids[:, s : s + chunk][m]  # (N, K)
-        t_top = teacher_topk_logprobs[:, s : s + chunk][m].float()  # (N, K)
+    for pos, m in _counted_chunks(mask, chunk):
+        s_logp = torch.log_softmax(student_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
+        ids = teacher_topk_ids[:, pos][m]  # (N, K)
+        t_top = teacher_topk_logprobs[:, pos][m].float()  # (N, K)
         if temperature != 1.0:  # re-temper: log p^(1/τ), renormalized with the tail treated as one token
             tail = torch.log1p(-t_top.exp().sum(-1).clamp(max=1 - 1e-7))
             both = torch.cat([t_top, tail.unsqueeze(-1)], dim=-1) / temperature
@@ -121,14 +126,10 @@ def _with_tail(top_logp: torch.Tensor) -> torch.Tensor:
 def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
                       chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed next-token cross-entropy of ``labels`` (B, T) at the counted positions; returns (sum, count)."""
-    b, t, _ = student_logits.shape
-    mask = torch.ones((b, t), dtype=torch.bool, device=student_logits.device) if mask is None else mask.bool()
+    mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for s in range(0, t, chunk):
-        m = mask[:, s : s + chunk]
-        if m.any():
-            logits = student_logits[:, s : s + chunk][m].float()
-            total = total + torch.nn.functional.cross_entropy(logits, labels[:, s : s + chunk][m], reduction="sum")
+    for pos, m in _counted_chunks(mask, chunk):
+        total = total + torch.nn.functional.cross_entropy(student_logits[:, pos][m].float(), labels[:, pos][m], reduction="sum")
     return total, mask.sum()
 
 
