@@ -1,0 +1,94 @@
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainingArguments
+
+from tests.conftest import build_tiny
+from xtok.distill.stages import select_trainable
+from xtok.distill.trainer import DistillTrainer
+from xtok.losses.kd import distill_loss
+
+
+@pytest.mark.parametrize("arch,name,tied", [("llama", "smollm2-135m", True), ("qwen2", "qwen2.5-coder-0.5b", False)])
+def test_stage_one_trains_exactly_embeddings_and_head(real_tokenizer, arch, name, tied):
+    tok = real_tokenizer(name)
+    model = build_tiny(arch, tok, tie_word_embeddings=tied)
+    names = select_trainable(model, "embeddings")
+    expected = {n for n, p in model.named_parameters()
+                if p is model.get_input_embeddings().weight or p is model.get_output_embeddings().weight}
+    assert set(names) == expected and len(names) == (1 if tied else 2)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == len(names)
+    assert model.get_output_embeddings().weight.requires_grad
+    full = select_trainable(model, "full")
+    assert len(full) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="unknown stage"):
+        select_trainable(model, "head")
+
+
+def _data(tok, texts, length):
+    enc = tok(texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    labels = enc["input_ids"].clone()
+    labels[enc["attention_mask"] == 0] = -100
+    return Dataset.from_dict({"input_ids": enc["input_ids"].tolist(), "attention_mask": enc["attention_mask"].tolist(),
+                              "labels": labels.tolist()})
+
+
+def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum):
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=bs, gradient_accumulation_steps=accum,
+                             max_steps=1, learning_rate=0.0, report_to=[], use_cpu=True, save_strategy="no",
+                             logging_strategy="no", dataloader_drop_last=False, seed=0, data_seed=0)
+    grads = {}
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher)
+    trainer.train_dataset = ds
+    hook = [p.register_hook(lambda g, n=n: grads.__setitem__(n, grads.get(n, 0) + g.clone()))
+            for n, p in student.named_parameters() if p.requires_grad]
+    from torch.utils.data import SequentialSampler
+    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(ds)
+    trainer.train()
+    for h in hook:
+        h.remove()
+    return grads
+
+
+def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path):
+    """Two micro-batches with different token counts accumulate to the gradient of the one full batch."""
+    tok = real_tokenizer("smollm2-135m")
+    teacher = build_tiny("llama", tok, seed=1)
+    ds = _data(tok, ["a short one", "a much longer second sentence with many more tokens in it, really"], 24)
+    g_full = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "a", bs=2, accum=1)
+    g_acc = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "b", bs=1, accum=2)
+    assert g_full.keys() == g_acc.keys()
+    for n in g_full:
+        torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-6)
+
+
+def test_compute_loss_equals_the_pure_loss(real_tokenizer, tmp_path):
+    tok = real_tokenizer("smollm2-135m")
+    student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
+    ds = _data(tok, ["hello there world", "x"], 8)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, beta=0.5)
+    batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
+    got = trainer.compute_loss(student, batch)
+    with torch.no_grad():
+        s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["labels"][:, 1:] != -100
+    ref, n = distill_loss(s, t, mask, beta=0.5)
+    torch.testing.assert_close(got, ref / n)
+
+
+def test_clear_errors(real_tokenizer, tmp_path):
+    tok = real_tokenizer("smollm2-135m")
+    student = build_tiny("llama", tok)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    other = build_tiny("qwen2", real_tokenizer("qwen2.5-coder-0.5b"))
+    with pytest.raises(ValueError, match="transplant the student"):
+        DistillTrainer(model=student, args=args, teacher=other)
+    ds = _data(tok, ["hello"], 4)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=build_tiny("llama", tok, seed=1))
+    batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
+    batch["labels"][:] = -100
+    with pytest.raises(ValueError, match="step 0: the batch has no target tokens"):
+        trainer.compute_loss(student, batch)

@@ -1,0 +1,1 @@
+"""Token-level distillation on transformers' Trainer, with progressive stages."""
