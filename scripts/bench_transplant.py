@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import torch
@@ -89,16 +90,23 @@ def main() -> None:
     ap.add_argument("--peer-python", default=None, help="a Python with mergekit installed; omit to skip the peer")
     ap.add_argument("--candidates", nargs="*", type=int, default=[], help="also time OMP restricted to m candidates")
     ap.add_argument("--quality-candidates", type=int, default=None, help="candidates for the quality run's omp")
-    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--sections", nargs="+", default=["speed", "holdout", "quality"],
+                    help="speed, holdout (rebuild hidden shared tokens), quality (bits per byte); others kept from --out")
+    ap.add_argument("--holdout", type=int, default=512, help="shared tokens hidden for the holdout section")
     ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
     ap.add_argument("--quality-k", type=int, default=None, help="k for the quality run (default --k)")
     ap.add_argument("--max-docs", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=3000)
     ap.add_argument("--out", default="bench/results/transplant.json")
     args = ap.parse_args()
-    result: dict = {"command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]), "machine": machine_info(),
-                    "packages": package_versions(), "student": args.student, "teacher": args.teacher,
-                    "omp_dtype": str(resolve_dtype(args.dtype))}
+    old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if old.get("student") != args.student or old.get("teacher") != args.teacher:
+        old = {}
+    result: dict = {**old, "machine": machine_info(), "packages": package_versions(), "student": args.student,
+                    "teacher": args.teacher, "omp_dtype": str(resolve_dtype(args.dtype))}
+    commands = result.setdefault("commands", {})
+    for section in args.sections:
+        commands[section] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
@@ -112,7 +120,20 @@ def main() -> None:
     x = donor[sample]
     result["tokens"] = tmap.counts() | {"anchors": len(anchor_t), "donor_dim": donor.shape[1]}
 
-    # speed: ours at sample/2 and sample (linearity), then the peer on the same sample
+    if "speed" in args.sections:
+        result.setdefault("speed", {})[f"k{args.k}"] = speed_section(args, x, atoms, len(new))
+        write_json(args.out, result)
+    if "holdout" in args.sections:
+        result["holdout"] = holdout_section(args, student, s_tok, t_tok, donor, tmap)
+        print(json.dumps(result["holdout"], indent=1))
+        write_json(args.out, result)
+    if "quality" in args.sections:
+        quality_section(args, result, student, s_tok, teacher, t_tok)
+    print(f"written {args.out}")
+
+
+def speed_section(args, x, atoms, n_new: int) -> dict:
+    """Ours at sample/2 and sample (linearity), exactness, the peer on the same sample, candidate variants."""
     half = args.sample // 2
     _, _, t_half, _ = timed_omp(x[:half], atoms, args.k, args.chunk, args.dtype)
     idx, coef, t_full, peak = timed_omp(x, atoms, args.k, args.chunk, args.dtype)
@@ -120,7 +141,7 @@ def main() -> None:
     speed = {"k": args.k, "sample_tokens": args.sample, "chunk": args.chunk,
              "xtok_seconds_half_sample": round(t_half, 2), "xtok_seconds_sample": round(t_full, 2),
              "xtok_linearity_ratio": round(t_full / t_half, 3), "xtok_peak_rss_mb": round(peak / 2**20),
-             "xtok_extrapolated_seconds_all_new": round(per_token * len(new), 1)}
+             "xtok_extrapolated_seconds_all_new": round(per_token * n_new, 1)}
     # exactness: our coefficients against dense least squares on our support
     errs = []
     for i in range(0, args.sample, max(1, args.sample // 64)):
@@ -134,7 +155,7 @@ def main() -> None:
             peer = torch.load(f"{tmp}/out.pt")
         same = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, peer["idx"])) / idx.numel()
         speed.update(peer="mergekit 0.1.5 tokensurgeon batch_omp (batch 512)", peer_seconds_sample=round(peer["seconds"], 2),
-                     peer_extrapolated_seconds_all_new=round(peer["seconds"] / args.sample * len(new), 1),
+                     peer_extrapolated_seconds_all_new=round(peer["seconds"] / args.sample * n_new, 1),
                      speedup_vs_peer=round(peer["seconds"] / t_full, 2), support_overlap_with_peer=round(same, 3))
     exact_resid = (x - torch.einsum("bk,bkd->bd", coef, atoms[idx])).norm(dim=1)
     for m in args.candidates:
@@ -142,41 +163,74 @@ def main() -> None:
         resid = (x - torch.einsum("bk,bkd->bd", c_coef, atoms[c_idx])).norm(dim=1)
         overlap = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, c_idx)) / idx.numel()
         speed[f"candidates_{m}"] = {
-            "seconds_sample": round(t_m, 2), "extrapolated_seconds_all_new": round(t_m / args.sample * len(new), 1),
+            "seconds_sample": round(t_m, 2), "extrapolated_seconds_all_new": round(t_m / args.sample * n_new, 1),
             "speedup_vs_exact": round(t_full / t_m, 2), "peak_rss_mb": round(peak_m / 2**20),
             "support_overlap_with_exact": round(overlap, 3),
             "mean_residual_ratio_vs_exact": round((resid / exact_resid.clamp_min(1e-12)).mean().item(), 4),
             **({"speedup_vs_peer": round(speed["peer_seconds_sample"] / t_m, 2)} if "peer_seconds_sample" in speed else {}),
         }
-    result["speed"] = speed
     print(json.dumps(speed, indent=1))
-    write_json(args.out, result)
-    if args.skip_quality:
-        return
+    return speed
 
-    # quality: bits per byte per domain before and after each method
+
+# subword is left out: a hidden shared token's text is spelled by the student as that very token (trivially exact).
+HOLDOUT_GRID = [("mean", {}), ("focus", {}), ("omp", {"k": 4}), ("omp", {"k": 8}), ("omp", {"k": 16}),
+                ("omp", {"k": 64}), ("omp", {"k": 8, "candidates": 128}), ("omp", {"k": 64, "candidates": 256})]
+
+
+def holdout_section(args, student, s_tok, t_tok, donor, tmap) -> dict:
+    """Hide shared tokens from the anchors, rebuild their student rows, compare with the true rows."""
+    from xtok.registry import INIT_METHODS
+    from xtok.transplant.methods import Space
+    from xtok.vocab.canonical import canonical_vocab
+
+    anchor_t, anchor_s = tmap.anchors()
+    s_rows = student.get_input_embeddings().weight.detach().float()
+    perm = torch.randperm(len(anchor_t), generator=torch.Generator().manual_seed(1))
+    hold, keep = perm[: args.holdout], perm[args.holdout :]
+    truth = s_rows[anchor_s[hold]]
+    t_bytes = canonical_vocab(t_tok).bytes_of
+    out = {"hidden_tokens": args.holdout, "anchors_kept": len(keep), "rows": []}
+    for name, kw in HOLDOUT_GRID:
+        space = Space("input", s_rows, donor, anchor_t[keep], anchor_s[keep], t_bytes, s_tok, chunk=args.chunk, **kw)
+        t0 = time.perf_counter()
+        rows = INIT_METHODS.get(name)(space, anchor_t[hold])
+        out["rows"].append({"method": name, **kw, "seconds": round(time.perf_counter() - t0, 2),
+                            "mean_cosine": round(torch.nn.functional.cosine_similarity(rows, truth, dim=1).mean().item(), 4),
+                            "mean_relative_error": round(((rows - truth).norm(dim=1) / truth.norm(dim=1)).mean().item(), 4)})
+    return out
+
+
+def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
+    """Bits per byte per domain before and after each method (merged into any earlier quality rows)."""
     cfg = config_from_dict({"recipe": "eval", "models": [args.student],
                             "data": {"max_docs_per_domain": args.max_docs, "max_chars_per_doc": args.max_chars}})
     ds = load_corpus(cfg.data.spec, max_docs_per_domain=args.max_docs, max_chars_per_doc=args.max_chars)
-    quality = {"untouched student": eval_model(student, s_tok, args.student, ds, cfg, progress=False),
-               "teacher": eval_model(teacher, t_tok, args.teacher, ds, cfg, progress=False)}
+    data_desc = f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars"
+    q = result.get("quality") if (result.get("quality") or {}).get("data") == data_desc else None
+    q = q or {"data": data_desc, "bits_per_byte": {}, "transplant_seconds": {}, "settings": {}}
+    result["quality"] = q
+    for name, model, tok in (("untouched student", student, s_tok), ("teacher", teacher, t_tok)):
+        if name not in q["bits_per_byte"]:
+            r = eval_model(model, tok, name, ds, cfg, progress=False)
+            q["bits_per_byte"][name] = {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
+                "overall": r["overall"]["bits_per_byte"]}
     for method in args.methods:
+        k = args.quality_k or args.k
+        label = f"omp k={k}" + (f" candidates={args.quality_candidates}" if args.quality_candidates else "") \
+            if method == "omp" else method
         t0 = time.perf_counter()
-        model, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method,
-                                   k=args.quality_k or args.k, candidates=args.quality_candidates, chunk=args.chunk,
-                                   dtype=args.dtype)
+        model, _ = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, k=k,
+                              candidates=args.quality_candidates, chunk=args.chunk, dtype=args.dtype)
         seconds = time.perf_counter() - t0
-        quality[method] = eval_model(model, t_tok, method, ds, cfg, progress=False) | {"transplant_seconds": round(seconds, 1)}
+        r = eval_model(model, t_tok, label, ds, cfg, progress=False)
         del model
         gc.collect()
-        print(method, {d: round(v["bits_per_byte"], 3) for d, v in quality[method]["domains"].items()}, flush=True)
-        result["quality"] = {"k": args.quality_k or args.k, "candidates": args.quality_candidates,
-                             "data": f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars",
-                             "bits_per_byte": {m: {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
-                                 "overall": r["overall"]["bits_per_byte"]} for m, r in quality.items()},
-                             "transplant_seconds": {m: r.get("transplant_seconds") for m, r in quality.items()}}
+        q["bits_per_byte"][label] = {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
+            "overall": r["overall"]["bits_per_byte"]}
+        q["transplant_seconds"][label] = round(seconds, 1)
+        print(label, {d: round(v, 3) for d, v in q["bits_per_byte"][label].items()}, flush=True)
         write_json(args.out, result)
-    print(f"written {args.out}")
 
 
 if __name__ == "__main__":

@@ -132,8 +132,9 @@ def transplant_cmd(
     teacher: Annotated[Optional[str], typer.Option(help="model (or tokenizer) whose vocabulary the student gets")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (a plain HF model folder)")] = None,
     method: Annotated[Optional[str], typer.Option(help="init method for new tokens [default: omp] (xtok ls)")] = None,
-    k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 64]")] = None,
-    candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors")] = None,
+    k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 8]")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors [128]")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (slow on CPUs without AMX)")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
@@ -145,7 +146,7 @@ def transplant_cmd(
     from xtok.transplant.run import run_transplant
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method, "k": k,
-             "candidates": candidates, "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only,
+             "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only,
              "overwrite": overwrite}
     try:
         base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}

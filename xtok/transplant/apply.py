@@ -75,7 +75,7 @@ def transplant(
     *,
     teacher_model=None,
     method: str = "omp",
-    k: int = 64,
+    k: int = 8,
     candidates: int | None = None,
     chunk: int = 1024,
     dtype: str = "auto",

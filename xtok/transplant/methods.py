@@ -25,7 +25,7 @@ class Space:
     anchor_student: torch.Tensor  # (n,) their student ids
     teacher_bytes: list[bytes | None]  # per teacher id
     student_tokenizer: object
-    k: int = 64
+    k: int = 8
     candidates: int | None = None  # OMP: search each token's m most correlated anchors only (None = exact)
     chunk: int = 1024
     dtype: str = "auto"

@@ -30,7 +30,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
-                               k=cfg.k, candidates=cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype, progress=progress)
+                               k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
+                               progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
     del student, teacher_model
     gc.collect()
