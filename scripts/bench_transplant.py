@@ -106,7 +106,7 @@ def main() -> None:
                     "teacher": args.teacher, "omp_dtype": str(resolve_dtype(args.dtype))}
     commands = result.setdefault("commands", {})
     for section in args.sections:
-        commands[section] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        commands[f"speed k{args.k}" if section == "speed" else section] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
