@@ -95,6 +95,7 @@ def main() -> None:
     ap.add_argument("--holdout", type=int, default=512, help="shared tokens hidden for the holdout section")
     ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
     ap.add_argument("--quality-k", type=int, default=None, help="k for the quality run (default --k)")
+    ap.add_argument("--head-method", default=None, help="output-head init for the quality run (default: each method)")
     ap.add_argument("--max-docs", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=3000)
     ap.add_argument("--out", default="bench/results/transplant.json")
@@ -219,8 +220,10 @@ def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
         k = args.quality_k or args.k
         label = f"omp k={k}" + (f" candidates={args.quality_candidates}" if args.quality_candidates else "") \
             if method == "omp" else method
+        if args.head_method and args.head_method != method:
+            label += f", head {args.head_method}"
         t0 = time.perf_counter()
-        model, _ = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, k=k,
+        model, _ = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, head_method=args.head_method, k=k,
                               candidates=args.quality_candidates, chunk=args.chunk, dtype=args.dtype)
         seconds = time.perf_counter() - t0
         r = eval_model(model, t_tok, label, ds, cfg, progress=False)

@@ -132,6 +132,7 @@ def transplant_cmd(
     teacher: Annotated[Optional[str], typer.Option(help="model (or tokenizer) whose vocabulary the student gets")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (a plain HF model folder)")] = None,
     method: Annotated[Optional[str], typer.Option(help="init method for new tokens [default: omp] (xtok ls)")] = None,
+    head_method: Annotated[Optional[str], typer.Option(help="init method of the output head [default: focus]")] = None,
     k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 8]")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors [128]")] = None,
     exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (slow on CPUs without AMX)")] = None,
@@ -145,9 +146,9 @@ def transplant_cmd(
     from xtok.config import config_from_dict, load_config
     from xtok.transplant.run import run_transplant
 
-    given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method, "k": k,
-             "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype, "teacher_tokenizer_only": teacher_tokenizer_only,
-             "overwrite": overwrite}
+    given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
+             "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
+             "teacher_tokenizer_only": teacher_tokenizer_only, "overwrite": overwrite}
     try:
         base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
         base.update({key: value for key, value in given.items() if value is not None})

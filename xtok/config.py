@@ -60,6 +60,8 @@ class TransplantConfig(Strict):
     teacher: str
     out: str | None = None
     method: str = "omp"
+    head_method: str | None = Field("focus", description="init of the output head (None = method); a tied student "
+                                    "whose two methods differ is untied")
     # Defaults from bench/results/transplant.json (holdout rebuild of hidden shared tokens and bits per byte on
     # SmolLM2 <- Qwen2.5): k=8 beats k=64, which overfits; 128 candidates lose nothing there and run ~4x faster.
     k: int = Field(8, ge=1, description="OMP sparsity: anchors per new token")
@@ -70,12 +72,13 @@ class TransplantConfig(Strict):
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
     overwrite: bool = False
 
-    @field_validator("method")
+    @field_validator("method", "head_method")
     @classmethod
-    def _known_method(cls, v: str) -> str:
+    def _known_method(cls, v: str | None) -> str | None:
         from xtok.registry import INIT_METHODS
 
-        INIT_METHODS.get(v)
+        if v is not None:
+            INIT_METHODS.get(v)
         return v
 
 

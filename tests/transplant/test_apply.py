@@ -26,7 +26,8 @@ def test_transplant_shapes_copies_and_shared_logits(toks, direction, tmp_path):
         s_tok, s_arch, t_tok, t_arch, method = gemma, "gemma3", smol, "llama", "omp"
     student, teacher = build_tiny(s_arch, s_tok), build_tiny(t_arch, t_tok, seed=1)
     before = {k: v.clone() for k, v in student.state_dict().items()}
-    model, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, k=4, chunk=4096)
+    model, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, head_method=None, k=4,
+                               chunk=4096)
     assert all(torch.equal(before[k], v) for k, v in student.state_dict().items()), "the student was modified"
     assert model.config.vocab_size == len(t_tok) == model.get_input_embeddings().weight.shape[0]
     assert model.config.eos_token_id == t_tok.eos_token_id
@@ -51,6 +52,24 @@ def test_transplant_shapes_copies_and_shared_logits(toks, direction, tmp_path):
     assert len(tok) == len(t_tok) and (out / REPORT_FILE).is_file()
     gen = reloaded.generate(**tok("Hello", return_tensors="pt"), max_new_tokens=3, do_sample=False)
     assert gen.shape[1] > 1
+
+
+def test_tied_student_is_untied_for_a_different_head_method(toks, tmp_path):
+    smol, _, gemma = toks
+    student, teacher = build_tiny("gemma3", gemma), build_tiny("llama", smol, seed=1)
+    model, report = transplant(student, gemma, smol, teacher_model=teacher, method="omp", head_method="focus", k=4)
+    assert report["tied_student"] and report["untied"] and report["head_method"] == "focus"
+    inp, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert inp.data_ptr() != out.data_ptr() and not model.config.tie_word_embeddings
+    tmap = build_token_map(smol, gemma)
+    shared, new = tmap.shared_teacher_ids, tmap.new_teacher_ids
+    old = student.get_input_embeddings().weight[tmap.student_of[shared]]
+    torch.testing.assert_close(inp[shared], old)
+    torch.testing.assert_close(out[shared], old)
+    assert not torch.allclose(inp[new], out[new])  # OMP rows in, FOCUS rows out
+    reloaded = AutoModelForCausalLM.from_pretrained(save_transplant(model, smol, tmp_path / "u", report))
+    torch.testing.assert_close(reloaded.get_output_embeddings().weight, out)
+    torch.testing.assert_close(reloaded.get_input_embeddings().weight, inp)
 
 
 def test_bad_inputs(toks):

@@ -19,10 +19,12 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     if cfg.out is None:
         raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
     out = check_output_path(cfg.out, cfg.overwrite)  # fail before loading anything
-    needs_donor = INIT_METHODS.meta(cfg.method).get("needs_donor", False)
+    methods = {cfg.method, cfg.head_method or cfg.method}
+    needs_donor = [m for m in sorted(methods) if INIT_METHODS.meta(m).get("needs_donor", False)]
     if cfg.teacher_tokenizer_only and needs_donor:
         ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
-        raise ValueError(f"method {cfg.method!r} needs the teacher's embeddings; with --teacher-tokenizer-only use one of: {', '.join(ok)}")
+        raise ValueError(f"method {needs_donor[0]!r} needs the teacher's embeddings; with --teacher-tokenizer-only use "
+                         f"--method and --head-method among: {', '.join(ok)}")
     student, student_tok = load_model(cfg.student, cache_dir)
     teacher_model = None
     if needs_donor:
@@ -30,6 +32,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
+                               head_method=cfg.head_method,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
