@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -91,7 +92,8 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="*", type=int, default=[], help="also time OMP restricted to m candidates")
     ap.add_argument("--quality-candidates", type=int, default=None, help="candidates for the quality run's omp")
     ap.add_argument("--sections", nargs="+", default=["speed", "holdout", "quality"],
-                    help="speed, holdout (rebuild hidden shared tokens), quality (bits per byte); others kept from --out")
+                    help="speed, holdout (rebuild hidden shared tokens), quality (bits per byte), head_mass "
+                         "(probability on new rows where the target is shared); others kept from --out")
     ap.add_argument("--holdout", type=int, default=512, help="shared tokens hidden for the holdout section")
     ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
     ap.add_argument("--quality-k", type=int, default=None, help="k for the quality run (default --k)")
@@ -130,7 +132,35 @@ def main() -> None:
         write_json(args.out, result)
     if "quality" in args.sections:
         quality_section(args, result, student, s_tok, teacher, t_tok)
+    if "head_mass" in args.sections:
+        result["head_mass"] = head_mass_section(args, student, s_tok, teacher, t_tok, tmap)
+        print(json.dumps(result["head_mass"], indent=1))
+        write_json(args.out, result)
     print(f"written {args.out}")
+
+
+def head_mass_section(args, student, s_tok, teacher, t_tok, tmap) -> dict:
+    """Where the probability goes: mass on new-token rows at positions whose target is a shared token."""
+    is_new = tmap.student_of < 0
+    docs = load_corpus("bundled:eval", domains=["code", "prose"], max_docs_per_domain=1, max_chars_per_doc=2500)
+    out = {"docs": "first code and prose eval documents, 2,500 characters each", "rows": []}
+    for method, head in (("omp", "omp"), ("omp", "focus"), ("focus", "focus")):
+        model, _ = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, head_method=head, k=8,
+                              candidates=128, chunk=args.chunk, dtype=args.dtype)
+        for text, dom in zip(docs["text"], docs["domain"]):
+            ids = torch.tensor([[t_tok.bos_token_id] + t_tok(text, add_special_tokens=False)["input_ids"]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # (T, V)
+            target = ids[0, 1:]
+            new_t = is_new[target]
+            bits = -logp.gather(1, target[:, None])[:, 0] / math.log(2)
+            out["rows"].append({"input": method, "head": head, "domain": dom, "new_target_share": round(new_t.float().mean().item(), 3),
+                                "mass_on_new_rows_at_shared_targets": round(logp[:, is_new].exp().sum(-1)[~new_t].mean().item(), 3),
+                                "bits_at_shared_targets": round(bits[~new_t].mean().item(), 2),
+                                "bits_at_new_targets": round(bits[new_t].mean().item(), 2)})
+        del model
+        gc.collect()
+    return out
 
 
 def speed_section(args, x, atoms, n_new: int) -> dict:
