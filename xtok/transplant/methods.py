@@ -36,12 +36,16 @@ class Space:
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
-            ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
-            raise ValueError(
-                f"init method {method!r} needs the teacher's embeddings, but the teacher was given as a bare tokenizer; "
-                f"give a teacher model, or use a method that works without: {', '.join(ok)}"
-            )
+            raise_no_donor(method)
         return self.donor
+
+
+def raise_no_donor(method: str) -> None:
+    ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
+    raise ValueError(
+        f"init method {method!r} needs the teacher's embeddings, but the teacher was given as a bare tokenizer; "
+        f"give a teacher model, or use a method that works without: {', '.join(ok)}"
+    )
 
 
 @INIT_METHODS.register("zero", help="all-zero rows")

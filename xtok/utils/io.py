@@ -24,7 +24,8 @@ TRACKED_PACKAGES = (
 )
 
 
-def _tmp_sibling(path: Path, tag: str) -> Path:
+def tmp_sibling(path: Path, tag: str) -> Path:
+    """A hidden, unique sibling path of ``path`` for writing before an atomic rename."""
     return path.parent / f".{path.name}.{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -45,7 +46,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """
     path = check_output_path(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path, "tmp")
+    tmp = tmp_sibling(path, "tmp")
     tmp.mkdir()
     try:
         yield tmp
@@ -54,7 +55,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         raise
     old = None
     if path.exists():
-        old = _tmp_sibling(path, "old")
+        old = tmp_sibling(path, "old")
         path.rename(old)
     tmp.rename(path)
     if old is not None:
@@ -65,7 +66,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a file through a temporary sibling and an atomic rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(path, "tmp")
+    tmp = tmp_sibling(path, "tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
