@@ -104,7 +104,7 @@ def transplant(
     for m in (method, head_method):
         if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
             raise_no_donor(m)
-    if method == "omp" and not 1 <= k <= len(anchor_t):
+    if "omp" in (method, head_method) and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
     d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
