@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from xtok.config import CONFIGS_DIR, EvalConfig, config_from_dict, load_config
+from xtok.config import CONFIGS_DIR, EvalConfig, config_from_dict, load_config, validate_file
 
 ALL_CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 
@@ -13,8 +13,22 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", ALL_CONFIGS, ids=[str(p.relative_to(CONFIGS_DIR)) for p in ALL_CONFIGS])
 def test_every_config_validates(path: Path):
-    cfg = load_config(path)
-    assert path.parent.name == cfg.recipe or path.parent.parent.name == cfg.recipe
+    kind = validate_file(path)
+    assert path.parent.name == kind or path.parent.parent.name == kind
+
+
+def test_a_broken_accelerate_config_is_rejected(tmp_path):
+    bad = tmp_path / "acc.yaml"
+    bad.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_procs: 2\n")
+    with pytest.raises(ValueError, match="not a valid accelerate config"):
+        validate_file(bad)
+
+
+def test_list_overrides(tmp_path):
+    cfg = load_config("distill/qwen2.5-coder-0.5b_to_smollm2-135m", ["stages.1.steps=7", "teacher_cache.top_k=null"])
+    assert cfg.stages[1].steps == 7 and cfg.teacher_cache.top_k is None
+    with pytest.raises(ValueError, match="not an index"):
+        load_config("distill/qwen2.5-coder-0.5b_to_smollm2-135m", ["stages.5.steps=7"])
 
 
 def test_unknown_key_rejected():

@@ -165,6 +165,34 @@ def transplant_cmd(
                   f"{report['seconds']}s -> {folder}")
 
 
+@app.command("distill")
+def distill_cmd(
+    config: Annotated[str, typer.Option(help="a distill YAML (path or name under configs/distill/)")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config, e.g. stages.0.steps=5")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder (overrides the config's out)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
+) -> None:
+    """Token-level distillation TEACHER -> STUDENT (same vocabulary) in progressive stages; rerun to resume."""
+    from xtok.config import load_config
+    from xtok.distill.run import run_distill
+
+    extra = [*(overrides or []), *([f"out={out}"] if out else []), *(["overwrite=true"] if overwrite else [])]
+    try:
+        cfg = load_config(config, extra, recipe="distill")
+        folder, report = run_distill(cfg, State.cache_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    table = Table(title=f"distill {report['teacher']} -> {report['student']} ({report['loss']})")
+    for col in ("stage", "steps", "trainable params", "train loss", "tokens/s", "seconds"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for st in report["stages"]:
+        tps = st.get("tokens_per_second")
+        table.add_row(st["stage"], str(st["steps"]), f"{st['trainable_parameters'] / 1e6:.1f}M", f"{st['train_loss']:.4g}",
+                      f"{tps:.0f}" if tps else "-", f"{st['seconds']:.0f}")
+    console.print(table)
+    console.print(f"written: {folder}")
+
+
 @app.command("draft-check")
 def draft_check_cmd(
     target: Annotated[str, typer.Option(help="the model drafted for")],
@@ -209,13 +237,12 @@ def draft_check_cmd(
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""
-    from xtok.config import load_config
+    from xtok.config import validate_file
 
     bad = 0
     for c in configs:
         try:
-            cfg = load_config(c)
-            console.print(f"[green]ok[/] {c} ({cfg.recipe})")
+            console.print(f"[green]ok[/] {c} ({validate_file(c)})")
         except (ValueError, OSError) as exc:
             bad += 1
             err_console.print(f"[red]invalid[/] {exc}")

@@ -107,17 +107,90 @@ class DraftCheckConfig(Strict):
         return v
 
 
-RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig}
+class StageConfig(Strict):
+    """One stage of progressive fine-tuning."""
+
+    train: Literal["embeddings", "full", "lora"] = Field(description="embeddings = input embeddings and head only; "
+                                                                     "full = every weight; lora = peft adapters")
+    steps: int = Field(ge=1, description="optimizer steps")
+    learning_rate: float = Field(gt=0)
+    scheduler: str = Field("cosine", description="a transformers lr_scheduler_type")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    lora_rank: int = Field(16, ge=1, description="lora only")
+    lora_alpha: int = Field(32, ge=1, description="lora only")
+    lora_targets: str | list[str] = Field("all-linear", description="lora only: peft target_modules")
+
+
+class TeacherCacheConfig(Strict):
+    """Run the teacher once over the training sequences and keep its top-k log-probs (safetensors shards)."""
+
+    top_k: int | None = Field(64, ge=1, description="None = run the teacher online at every step, full vocabulary")
+    batch_size: int = Field(4, ge=1)
+
+
+class DistillConfig(Strict):
+    """Token-level distillation of ``teacher`` into ``student`` (same vocabulary), in progressive stages."""
+
+    recipe: Literal["distill"] = "distill"
+    student: str = Field(description="a student that already has the teacher's tokenizer (xtok transplant)")
+    teacher: str | None = Field(None, description="not needed for loss: ce")
+    out: str
+    data: DataConfig = DataConfig(spec="bundled:train")
+    seq_len: int = Field(256, ge=8, description="tokens per packed training sequence")
+    max_sequences: int | None = Field(None, ge=1, description="use only the first N packed sequences")
+    batch_size: int = Field(2, ge=1, description="sequences per device per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    loss: str = Field("forward_kl", description="a registered loss (xtok ls): forward_kl, reverse_kl, jsd, ce")
+    beta: float = Field(0.5, ge=0, le=1, description="jsd only")
+    temperature: float = Field(1.0, gt=0)
+    ce_weight: float = Field(0.0, ge=0, le=1, description="mix of plain cross-entropy into the distillation loss")
+    teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
+    stages: list[StageConfig] = Field(min_length=1)
+    seed: int = 0
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")
+    report_to: list[str] = Field(default_factory=list, description="Trainer report_to, e.g. [tensorboard]")
+    loss_chunk: int = Field(128, ge=1, description="positions per chunk of the loss (bounds the float32 copies)")
+    overwrite: bool = False
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from xtok.registry import LOSSES
+
+        LOSSES.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _teacher_given(self) -> DistillConfig:
+        from xtok.registry import LOSSES
+
+        if LOSSES.meta(self.loss).get("needs_teacher", True) and not self.teacher:
+            raise ValueError(f"loss {self.loss!r} needs a teacher; set teacher (or use loss: ce for plain cross-entropy)")
+        return self
+
+
+RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig,
+                                           "distill": DistillConfig}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    node = tree
+    """Set ``a.b.c`` in nested mappings; a number indexes a list (``stages.0.steps``)."""
+    node: Any = tree
     parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ValueError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
+            part = int(part)
+        elif not isinstance(node, dict):
+            raise ValueError(f"override {key!r}: {parts[depth - 1]!r} is not a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
 
 
 def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
@@ -165,3 +238,18 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None, re
     if recipe and data.get("recipe") != recipe:
         raise ValueError(f"{path} is a {data.get('recipe')!r} config, not {recipe!r}")
     return config_from_dict(data, str(path))
+
+
+def validate_file(name_or_path: str | Path) -> str:
+    """Validate a recipe config, or an accelerate launch config under configs/accelerate/; return its kind."""
+    path = find_config(name_or_path)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "compute_environment" in data:
+        from accelerate.commands.config.config_args import ClusterConfig
+
+        try:
+            ClusterConfig.from_yaml_file(str(path))
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ValueError(f"{path} is not a valid accelerate config: {exc}") from exc
+        return "accelerate"
+    return load_config(path).recipe

@@ -63,19 +63,20 @@ def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path):
         torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-6)
 
 
-def test_compute_loss_equals_the_pure_loss(real_tokenizer, tmp_path):
+@pytest.mark.parametrize("loss,beta", [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.3)])
+def test_compute_loss_equals_the_pure_loss(real_tokenizer, tmp_path, loss, beta):
     tok = real_tokenizer("smollm2-135m")
     student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
     ds = _data(tok, ["hello there world", "x"], 8)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, beta=0.5)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, loss=loss, beta=0.3)
     batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
     got = trainer.compute_loss(student, batch)
     with torch.no_grad():
         s = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     mask = batch["labels"][:, 1:] != -100
-    ref, n = distill_loss(s, t, mask, beta=0.5)
+    ref, n = distill_loss(s, t, mask, beta=beta)
     torch.testing.assert_close(got, ref / n)
 
 

@@ -12,43 +12,60 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from xtok.losses.kd import cross_entropy_sum, distill_loss
+from xtok.losses.kd import TeacherTopK, cross_entropy_sum
+from xtok.registry import LOSSES
 
 
 def check_same_vocab(student, teacher) -> None:
-    s, t = student.config.vocab_size, teacher.config.vocab_size
+    """Models or their configs."""
+    s, t = getattr(student, "config", student).vocab_size, getattr(teacher, "config", teacher).vocab_size
     if s != t:
         raise ValueError(f"student vocab_size {s} != teacher vocab_size {t}: token-level distillation needs one "
                          "vocabulary; transplant the student to the teacher's tokenizer first (xtok transplant)")
 
 
 class DistillTrainer(Trainer):
-    def __init__(self, *args, teacher=None, beta: float = 0.0, temperature: float = 1.0, ce_weight: float = 0.0,
-                 loss_chunk: int = 128, **kwargs):
+    """``loss`` names a registered loss (``xtok.losses``); the teacher is a model run online, or absent when the
+    batches carry cached top-k teacher log-probs (``teacher_topk_logprobs``/``teacher_topk_ids``, (B, T, K)) or the
+    loss needs no teacher (``ce``)."""
+
+    def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
+                 ce_weight: float = 0.0, loss_chunk: int = 128, **kwargs):
         super().__init__(*args, **kwargs)
-        if teacher is None:
-            raise ValueError("DistillTrainer needs a teacher model")
-        check_same_vocab(self.model, teacher)
+        self.loss_fn = LOSSES.get(loss)
+        self.needs_teacher = LOSSES.meta(loss).get("needs_teacher", True)
+        if teacher is not None:
+            check_same_vocab(self.model, teacher)
+            teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         if not 0.0 <= ce_weight <= 1.0:
             raise ValueError(f"ce_weight={ce_weight} must lie in [0, 1]")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher, self.loss_name = teacher, loss
         self.beta, self.temperature, self.ce_weight, self.loss_chunk = beta, temperature, ce_weight, loss_chunk
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated token count itself
+
+    def _teacher_view(self, inputs, fwd):
+        """What the loss compares the student with at positions 0..T-2: logits, a TeacherTopK, or None."""
+        if not self.needs_teacher:
+            return None
+        if "teacher_topk_ids" in inputs:
+            return TeacherTopK(inputs["teacher_topk_logprobs"][:, :-1], inputs["teacher_topk_ids"][:, :-1])
+        if self.teacher is None:
+            raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
+        with torch.no_grad():
+            return self.teacher(**fwd).logits[:, :-1]  # (B, T-1, V)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]  # (B, T), -100 where nothing is predicted
         fwd = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
         outputs = model(**fwd)
-        with torch.no_grad():
-            teacher_logits = self.teacher(**fwd).logits  # (B, T, V)
         mask = labels[:, 1:] != -100  # position t predicts token t+1
         s_logits = outputs.logits[:, :-1]  # (B, T-1, V)
-        kd, count = distill_loss(s_logits, teacher_logits[:, :-1], mask, beta=self.beta,
-                                 temperature=self.temperature, chunk=self.loss_chunk)
-        total = kd
-        if self.ce_weight:
-            ce, _ = cross_entropy_sum(s_logits, labels[:, 1:].clamp_min(0), mask, chunk=self.loss_chunk)
-            total = (1 - self.ce_weight) * kd + self.ce_weight * ce
+        targets = labels[:, 1:].clamp_min(0)
+        total, count = self.loss_fn(s_logits, self._teacher_view(inputs, fwd), mask, labels=targets, beta=self.beta,
+                                    temperature=self.temperature, chunk=self.loss_chunk)
+        if self.ce_weight and self.needs_teacher:
+            ce, _ = cross_entropy_sum(s_logits, targets, mask, chunk=self.loss_chunk)
+            total = (1 - self.ce_weight) * total + self.ce_weight * ce
         denom = num_items_in_batch if num_items_in_batch is not None else count
         step = self.state.global_step
         if int(denom) == 0:
@@ -56,7 +73,7 @@ class DistillTrainer(Trainer):
                              "check the data and the prompt masking")
         loss = total / denom
         if not torch.isfinite(loss):
-            raise RuntimeError(f"step {step}: the distillation loss is {loss.item()}; lower the learning rate or check "
+            raise RuntimeError(f"step {step}: the {self.loss_name} loss is {loss.item()}; lower the learning rate or check "
                                "the models for NaN/Inf weights")
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes

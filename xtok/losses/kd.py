@@ -16,6 +16,7 @@ total count over all accumulation steps (dividing per micro-batch is wrong when 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -133,16 +134,40 @@ def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: 
     return total, mask.sum()
 
 
-@LOSSES.register("forward_kl", help="KL(teacher || student), mode-covering")
-def forward_kl(student_logits, teacher_logits, mask=None, **kw):
-    return distill_loss(student_logits, teacher_logits, mask, beta=0.0, **kw)
+@dataclass(frozen=True)
+class TeacherTopK:
+    """A teacher's stored top-K log-probs (temperature 1) and their token ids, both (B, T, K)."""
+
+    logprobs: torch.Tensor
+    ids: torch.Tensor
 
 
-@LOSSES.register("reverse_kl", help="KL(student || teacher), mode-seeking")
-def reverse_kl(student_logits, teacher_logits, mask=None, **kw):
-    return distill_loss(student_logits, teacher_logits, mask, beta=1.0, **kw)
+def divergence_loss(student_logits, teacher, mask=None, *, beta: float, temperature: float = 1.0, chunk: int = 128):
+    """``distill_loss`` for full teacher logits (B, T, V), ``topk_distill_loss`` for a ``TeacherTopK``."""
+    if isinstance(teacher, TeacherTopK):
+        return topk_distill_loss(student_logits, teacher.logprobs, teacher.ids, mask, beta=beta, temperature=temperature,
+                                 chunk=chunk)
+    return distill_loss(student_logits, teacher, mask, beta=beta, temperature=temperature, chunk=chunk)
 
 
-@LOSSES.register("jsd", help="generalized JSD(beta); beta=0/1 are forward/reverse KL")
-def jsd(student_logits, teacher_logits, mask=None, beta: float = 0.5, **kw):
-    return distill_loss(student_logits, teacher_logits, mask, beta=beta, **kw)
+# The registry's interface: fn(student_logits (B, T, V), teacher (B, T, V) logits | TeacherTopK | None, mask (B, T),
+# *, labels (B, T), beta, temperature, chunk) -> (summed loss, counted positions).
+@LOSSES.register("forward_kl", help="KL(teacher || student), mode-covering", needs_teacher=True)
+def forward_kl(student_logits, teacher, mask=None, *, labels=None, beta=None, **kw):
+    return divergence_loss(student_logits, teacher, mask, beta=0.0, **kw)
+
+
+@LOSSES.register("reverse_kl", help="KL(student || teacher), mode-seeking", needs_teacher=True)
+def reverse_kl(student_logits, teacher, mask=None, *, labels=None, beta=None, **kw):
+    return divergence_loss(student_logits, teacher, mask, beta=1.0, **kw)
+
+
+@LOSSES.register("jsd", help="generalized JSD(beta); beta=0/1 are forward/reverse KL", needs_teacher=True)
+def jsd(student_logits, teacher, mask=None, *, labels=None, beta: float = 0.5, **kw):
+    return divergence_loss(student_logits, teacher, mask, beta=beta, **kw)
+
+
+@LOSSES.register("ce", help="plain next-token cross-entropy on the text (sentence-level baseline, no teacher)",
+                 needs_teacher=False)
+def ce(student_logits, teacher=None, mask=None, *, labels, beta=None, temperature: float = 1.0, chunk: int = 128):
+    return cross_entropy_sum(student_logits, labels, mask, chunk=chunk)

@@ -1,0 +1,152 @@
+"""The distill job on tiny models: stages, the teacher cache, resume after a kill, bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from xtok.config import config_from_dict
+from xtok.distill.data import BlockDataset, pack_documents
+from xtok.distill.run import partial_dir, run_distill
+from xtok.distill.trainer import DistillTrainer
+
+TEXTS = ["def add(a, b):\n    return a + b\n", "The quick brown fox jumps over the lazy dog. " * 3,
+         "for i in range(10):\n    print(i * i)\n", "x = [1, 2, 3]\ny = sum(x)\n"]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": t * 4, "domain": "code"}) + "\n" for t in TEXTS))
+    return path
+
+
+def _cfg(tmp_path, student, teacher, data_file, **kw):
+    base = {"recipe": "distill", "student": str(student), "teacher": teacher and str(teacher), "out": str(tmp_path / "out"),
+            "data": {"spec": str(data_file)}, "seq_len": 16, "max_sequences": 8, "batch_size": 2,
+            "teacher_cache": {"top_k": 16}, "logging_steps": 1, "save_steps": 2,
+            "stages": [{"train": "embeddings", "steps": 2, "learning_rate": 1e-2, "scheduler": "constant"},
+                       {"train": "full", "steps": 2, "learning_rate": 1e-3, "scheduler": "constant"}]}
+    base.update(kw)
+    return config_from_dict(base)
+
+
+def _weights(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).state_dict()
+
+
+def test_pack_documents_keeps_the_stream(real_tokenizer):
+    tok = real_tokenizer("smollm2-135m")
+    blocks = pack_documents(tok, TEXTS, seq_len=8)
+    stream = []
+    for t in TEXTS:
+        stream += [tok.bos_token_id, *tok(t, add_special_tokens=False)["input_ids"], tok.eos_token_id]
+    assert blocks.shape == (len(stream) // 8, 8)
+    assert blocks.flatten().tolist() == stream[: blocks.numel()]
+    assert pack_documents(tok, TEXTS, seq_len=8, max_sequences=2).shape == (2, 8)
+    with pytest.raises(ValueError, match="less than one sequence"):
+        pack_documents(tok, ["hi"], seq_len=512)
+
+
+def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file):
+    student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
+    out, report = run_distill(_cfg(tmp_path, student, teacher, data_file))
+    assert out.is_dir() and not partial_dir(out).exists()
+    before, stage1, final = _weights(student), _weights(out / "stages" / "stage-1-embeddings" / "model"), _weights(out)
+    emb = "model.embed_tokens.weight"
+    assert not torch.equal(before[emb], stage1[emb])
+    for name in before:  # stage 1 changes the (tied) embedding only
+        if name != emb and name != "lm_head.weight":
+            assert torch.equal(before[name], stage1[name]), name
+    assert not torch.equal(stage1["model.layers.0.mlp.up_proj.weight"], final["model.layers.0.mlp.up_proj.weight"])
+    log = json.loads((out / "distill_log.json").read_text())
+    assert [s["stage"] for s in log["stages"]] == ["stage-1-embeddings", "stage-2-full"]
+    assert [s["trainable_tensors"] for s in log["stages"]] == [1, len(before) - 1]  # lm_head is tied to embed_tokens
+    assert all(any("loss" in e for e in s["log_history"]) for s in log["stages"])
+    cache = load_file(out / "teacher-cache" / "teacher-topk-00000.safetensors")
+    assert cache["logprobs"].shape == (8, 16, 16) and report["sequences"] == 8
+    assert (out / "xtok_provenance.json").is_file() and (out / "tokenizer.json").is_file()
+
+
+class Kill(TrainerCallback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == self.at:
+            raise KeyboardInterrupt(f"killed at step {self.at}")
+
+
+def _losses(out):
+    hist = json.loads((out / "distill_log.json").read_text())["stages"][0]["log_history"]
+    return {e["step"]: e["loss"] for e in hist if "loss" in e}
+
+
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, data_file):
+    student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
+    stages = [{"train": "full", "steps": 6, "learning_rate": 1e-3, "scheduler": "linear"}]
+    ref_out, _ = run_distill(_cfg(tmp_path / "a", student, teacher, data_file, stages=stages))
+    cfg = _cfg(tmp_path / "b", student, teacher, data_file, stages=stages)
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(cfg, callbacks=(Kill(5),))
+    out = tmp_path / "b" / "out"
+    assert not out.exists() and partial_dir(out).is_dir()  # nothing half-written in place
+    out, report = run_distill(cfg)
+    assert report["stages"][0]["resumed_from"] == "checkpoint-4"
+    ref, got = _losses(ref_out), _losses(out)
+    assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6]
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=1e-5), step
+    torch.testing.assert_close(_weights(out)["model.norm.weight"], _weights(ref_out)["model.norm.weight"])
+
+
+def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path):
+    from transformers import TrainingArguments
+
+    from tests.conftest import build_tiny
+    from xtok.distill.teacher_cache import teacher_topk
+
+    tok = real_tokenizer("smollm2-135m")
+    student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
+    blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    online = DistillTrainer(model=student, args=args, teacher=teacher, loss="jsd", beta=0.3)
+    cached = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3)
+    full = teacher_topk(teacher, blocks, k=teacher.config.vocab_size)  # K = V: the tail is empty
+    batch = torch.utils.data.default_collate([BlockDataset(blocks, full)[i] for i in range(2)])
+    plain = {k: v for k, v in batch.items() if not k.startswith("teacher")}
+    torch.testing.assert_close(cached.compute_loss(student, batch), online.compute_loss(student, plain), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        cached.compute_loss(student, plain)
+
+
+def test_lora_stage_and_plain_ce_without_teacher(tiny_model_dir, tmp_path, data_file):
+    student = tiny_model_dir("smollm2-135m")
+    cfg = _cfg(tmp_path, student, None, data_file, loss="ce",
+               stages=[{"train": "lora", "steps": 2, "learning_rate": 1e-2, "lora_rank": 4, "lora_alpha": 8}])
+    out, report = run_distill(cfg)
+    assert report["teacher_cache_top_k"] is None and not (out / "teacher-cache").exists()
+    before, after = _weights(student), _weights(out)
+    assert before.keys() == after.keys()  # adapters merged: a plain model again
+    assert not torch.equal(before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"])
+    torch.testing.assert_close(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])
+
+
+def test_bad_input(tiny_model_dir, tmp_path, data_file):
+    student, other = tiny_model_dir("smollm2-135m"), tiny_model_dir("qwen2.5-coder-0.5b")
+    with pytest.raises(ValueError, match="transplant first"):
+        run_distill(_cfg(tmp_path, student, other, data_file))
+    with pytest.raises(ValueError, match="needs a teacher"):
+        _cfg(tmp_path, student, None, data_file)
+    cfg = _cfg(tmp_path, student, student, data_file, stages=[{"train": "embeddings", "steps": 3, "learning_rate": 1e-3}])
+    with pytest.raises(KeyboardInterrupt):
+        run_distill(cfg, callbacks=(Kill(1),))
+    changed = _cfg(tmp_path, student, student, data_file, seq_len=8)
+    with pytest.raises(ValueError, match="interrupted run of another config"):
+        run_distill(changed)
+    run_distill(_cfg(tmp_path, student, student, data_file, seq_len=8, overwrite=True,
+                     stages=[{"train": "embeddings", "steps": 1, "learning_rate": 1e-3}]))
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_distill(changed)

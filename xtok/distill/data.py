@@ -1,0 +1,84 @@
+"""Training sequences for distillation: documents tokenized, joined and packed into fixed-length blocks.
+
+Each document is preceded by the tokenizer's start token (BOS, else EOS: the same convention as
+``xtok eval``) and followed by EOS, then the stream is cut into ``seq_len`` blocks; the last,
+partial block is dropped. Every position is a target (no padding), so a block is ``labels =
+input_ids``. A teacher's top-k log-probs for these blocks can be cached once
+(``xtok.distill.teacher_cache``) and joined to them by block index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import torch
+
+from xtok.config import DataConfig
+from xtok.corpus import load_corpus
+from xtok.eval.bpb import start_token_id
+
+log = logging.getLogger(__name__)
+
+
+def pack_documents(tokenizer, texts: list[str], seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
+    """(N, seq_len) long: the documents' token stream, each as ``start, tokens..., eos``, cut into blocks."""
+    if seq_len < 2:
+        raise ValueError(f"seq_len={seq_len} must be at least 2")
+    start, eos = start_token_id(tokenizer), tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; set tokenizer.eos_token so documents can be separated")
+    stream: list[int] = []
+    need = None if max_sequences is None else max_sequences * seq_len
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream.extend([start, *ids, eos])
+        if need is not None and len(stream) >= need:
+            break
+    n = len(stream) // seq_len
+    if max_sequences is not None:
+        n = min(n, max_sequences)
+    if n == 0:
+        raise ValueError(f"the training data gives {len(stream)} tokens, less than one sequence of seq_len={seq_len}; "
+                         "give more documents or lower seq_len")
+    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
+    ds = load_corpus(data.spec, domains=data.domains, max_docs_per_domain=data.max_docs_per_domain,
+                     max_chars_per_doc=data.max_chars_per_doc)
+    blocks = pack_documents(tokenizer, list(ds["text"]), seq_len, max_sequences)
+    log.info("training data: %d documents -> %d sequences of %d tokens", len(ds), len(blocks), seq_len)
+    return blocks
+
+
+def blocks_fingerprint(blocks: torch.Tensor) -> str:
+    return hashlib.sha256(blocks.numpy().tobytes()).hexdigest()[:16]
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A hash of the token -> id table and the special tokens: equal for one tokenizer saved twice."""
+    table = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    return hashlib.sha256(json.dumps([table, specials], ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Packed blocks as Trainer examples, with the cached teacher top-k joined in when given."""
+
+    def __init__(self, blocks: torch.Tensor, teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None):
+        if teacher_topk is not None and teacher_topk[0].shape[:2] != blocks.shape:
+            raise ValueError(f"teacher cache covers {tuple(teacher_topk[0].shape[:2])} positions, the data "
+                             f"{tuple(blocks.shape)}; delete the cache so it is rebuilt")
+        self.blocks, self.topk = blocks, teacher_topk
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = self.blocks[i]
+        item = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+        if self.topk is not None:
+            item["teacher_topk_logprobs"] = self.topk[0][i].float()
+            item["teacher_topk_ids"] = self.topk[1][i].long()
+        return item

@@ -1,0 +1,178 @@
+"""The distill job: packed data, an optional offline teacher cache, then each progressive stage on a Trainer.
+
+The run is built in a hidden sibling of the output, ``.NAME.partial``, and renamed into place when
+every stage has finished, so ``out`` is always complete: the final Hugging Face model at its top
+level, each stage's boundary model under ``stages/``, the loss curves in ``distill_log.json``. A
+rerun with the same config resumes: finished stages are skipped, an interrupted stage continues
+from its last Trainer checkpoint (optimizer, scheduler, RNG and data position included). Under
+``accelerate launch``/``torchrun`` every process runs this function; the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from transformers import AutoConfig, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from xtok.config import DistillConfig
+from xtok.distill.data import BlockDataset, training_blocks, vocab_fingerprint
+from xtok.distill.stages import merge_lora, prepare_stage
+from xtok.distill.teacher_cache import build_cache
+from xtok.distill.trainer import DistillTrainer, check_same_vocab
+from xtok.models.load import load_model, load_tokenizer, resolve_model
+from xtok.registry import LOSSES
+from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "distill_run.json"
+
+
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def stage_name(i: int, stage) -> str:
+    return f"stage-{i + 1}-{stage.train}"
+
+
+def _run_key(cfg: DistillConfig) -> dict:
+    """What must not change between an interrupted run and its resumption."""
+    return cfg.model_dump(exclude={"out", "overwrite", "report_to", "logging_steps"})
+
+
+def _open_run(cfg: DistillConfig, out: Path, state: PartialState) -> Path:
+    """The partial run folder: new, or an interrupted run of the same config to resume."""
+    run = partial_dir(out)
+    if state.is_main_process:
+        if cfg.overwrite and run.exists():
+            shutil.rmtree(run)
+        if run.exists():
+            saved = json.loads((run / RUN_FILE).read_text()) if (run / RUN_FILE).is_file() else None
+            if saved != _run_key(cfg):
+                raise ValueError(f"{run} holds an interrupted run of another config; pass --overwrite to start over, "
+                                 "or rerun with the config it was started with to resume it")
+            log.info("resuming the interrupted run in %s", run)
+        else:
+            run.mkdir(parents=True)
+            write_json(run / RUN_FILE, _run_key(cfg))
+    state.wait_for_everyone()
+    return run
+
+
+def check_tokenizers(student_tok, teacher_tok, student_spec: str, teacher_spec: str) -> None:
+    if vocab_fingerprint(student_tok) != vocab_fingerprint(teacher_tok):
+        raise ValueError(f"student {student_spec} and teacher {teacher_spec} have different tokenizers "
+                         f"({len(student_tok)} vs {len(teacher_tok)} tokens): token-level distillation needs one "
+                         f"vocabulary; transplant first: xtok transplant --student {student_spec} --teacher {teacher_spec}")
+
+
+def _training_args(cfg: DistillConfig, stage, folder: Path) -> TrainingArguments:
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(folder / "checkpoints"), use_cpu=not cuda, max_steps=stage.steps,
+        learning_rate=stage.learning_rate, lr_scheduler_type=stage.scheduler, warmup_steps=stage.warmup_ratio,
+        weight_decay=stage.weight_decay, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, logging_steps=cfg.logging_steps, logging_first_step=True,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to=list(cfg.report_to),
+        seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, ddp_find_unused_parameters=False,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda, disable_tqdm=True,
+    )
+
+
+def _save_model(model, tokenizer, folder: Path) -> None:
+    with atomic_dir(folder, overwrite=True) as tmp:
+        merge_lora(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, teacher, dataset, run: Path,
+               state: PartialState, callbacks) -> dict:
+    folder = run / "stages" / stage_name(i, stage)
+    model, _ = load_model(model_spec)
+    model.config.use_cache = False
+    model, trainable = prepare_stage(model, stage)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
+             stage.steps)
+    args = _training_args(cfg, stage, folder)
+    trainer = DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, teacher=teacher,
+                             loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
+                             loss_chunk=cfg.loss_chunk, callbacks=list(callbacks))
+    ckpt = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    if ckpt:
+        log.info("%s: resuming from %s", stage_name(i, stage), ckpt)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    seconds = time.perf_counter() - t0
+    steps_done = stage.steps - (int(Path(ckpt).name.split("-")[-1]) if ckpt else 0)
+    tokens = steps_done * cfg.batch_size * cfg.grad_accum * cfg.seq_len * state.num_processes
+    summary = {
+        "stage": stage_name(i, stage), "train": stage.train, "steps": stage.steps, "trainable_tensors": len(trainable),
+        "trainable_parameters": n_train, "train_loss": result.training_loss, "seconds": round(seconds, 2),
+        "tokens_per_second": tokens / seconds if seconds else None, "resumed_from": ckpt and Path(ckpt).name,
+        "log_history": trainer.state.log_history,
+    }
+    if state.is_main_process:
+        _save_model(trainer.model, tokenizer, folder / "model")
+        write_json(folder / "summary.json", summary)
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are not needed once the stage is done
+    state.wait_for_everyone()
+    return summary
+
+
+def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbacks: tuple[TrainerCallback, ...] = ()) -> tuple[Path, dict]:
+    """Run (or resume) every stage of ``cfg``; returns the output folder and the run's report."""
+    # Without a GPU, say so: only then do accelerate and the Trainer treat a torchrun/accelerate launch as CPU DDP (gloo).
+    state = PartialState(cpu=not torch.cuda.is_available())
+    out = check_output_path(cfg.out, cfg.overwrite) if state.is_main_process else Path(cfg.out).expanduser().resolve()
+    student_spec = resolve_model(cfg.student, cache_dir)
+    tokenizer = load_tokenizer(student_spec)
+    teacher = teacher_spec = None
+    if LOSSES.meta(cfg.loss).get("needs_teacher", True):
+        teacher_spec = resolve_model(cfg.teacher, cache_dir)
+        check_tokenizers(tokenizer, load_tokenizer(teacher_spec), cfg.student, cfg.teacher)
+    run = _open_run(cfg, out, state)
+    t0 = time.perf_counter()
+    blocks = training_blocks(tokenizer, cfg.data, cfg.seq_len, cfg.max_sequences)
+    topk = None
+    if teacher_spec is not None:
+        teacher, _ = load_model(teacher_spec)
+        check_same_vocab(AutoConfig.from_pretrained(student_spec), teacher)
+        if cfg.teacher_cache.top_k is not None:
+            with state.main_process_first():
+                topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
+                                   cfg.teacher_cache.batch_size)
+            teacher = None  # the cache replaces the online teacher; free its memory
+    dataset = BlockDataset(blocks, topk)
+    summaries = []
+    model_spec = student_spec
+    for i, stage in enumerate(cfg.stages):
+        folder = run / "stages" / stage_name(i, stage)
+        if (folder / "summary.json").is_file() and (folder / "model" / "config.json").is_file():
+            log.info("%s: done in an earlier run, skipped", stage_name(i, stage))
+            summaries.append(json.loads((folder / "summary.json").read_text()))
+        else:
+            summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks))
+        model_spec = str(folder / "model")
+    report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
+              "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if teacher_spec else None,
+              "processes": state.num_processes, "seconds": round(time.perf_counter() - t0, 2), "stages": summaries}
+    if state.is_main_process:
+        final = Path(model_spec)
+        for f in final.iterdir():
+            shutil.copy2(f, run / f.name)
+        write_json(run / "distill_log.json", report)
+        write_json(run / "xtok_provenance.json", provenance(cfg))
+        with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+            tmp.rmdir()
+            run.rename(tmp)
+    state.wait_for_everyone()
+    return out, report
