@@ -129,6 +129,14 @@ class TeacherCacheConfig(Strict):
     batch_size: int = Field(4, ge=1)
 
 
+class OnPolicyConfig(Strict):
+    """GKD's on-policy mixing: with probability lmbda a batch is replaced by the student's own samples."""
+
+    lmbda: float = Field(0.0, ge=0, le=1, description="probability of an on-policy batch (0 = off)")
+    prompt_tokens: int = Field(64, ge=1, description="tokens of each sequence kept as the prompt")
+    temperature: float = Field(1.0, gt=0, description="the student's sampling temperature")
+
+
 class DistillConfig(Strict):
     """Token-level distillation of ``teacher`` into ``student`` (same vocabulary), in progressive stages."""
 
@@ -146,6 +154,7 @@ class DistillConfig(Strict):
     temperature: float = Field(1.0, gt=0)
     ce_weight: float = Field(0.0, ge=0, le=1, description="mix of plain cross-entropy into the distillation loss")
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
+    on_policy: OnPolicyConfig = OnPolicyConfig()
     stages: list[StageConfig] = Field(min_length=1)
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
@@ -168,6 +177,11 @@ class DistillConfig(Strict):
 
         if LOSSES.meta(self.loss).get("needs_teacher", True) and not self.teacher:
             raise ValueError(f"loss {self.loss!r} needs a teacher; set teacher (or use loss: ce for plain cross-entropy)")
+        if self.on_policy.lmbda and self.teacher_cache.top_k is not None:
+            raise ValueError("on_policy.lmbda > 0 scores the student's samples with the teacher online; "
+                             "set teacher_cache.top_k: null")
+        if self.on_policy.lmbda and not LOSSES.meta(self.loss).get("same_vocab", True):
+            raise ValueError(f"on-policy batches are not supported with loss {self.loss!r}; set on_policy.lmbda: 0")
         return self
 
 

@@ -150,3 +150,60 @@ def test_bad_input(tiny_model_dir, tmp_path, data_file):
                      stages=[{"train": "embeddings", "steps": 1, "learning_rate": 1e-3}]))
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_distill(changed)
+
+
+def test_uld_baseline_keeps_the_students_tokenizer(tiny_model_dir, tmp_path, data_file):
+    """ULD trains a student against a teacher with another vocabulary; the student keeps its own."""
+    student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("qwen2.5-coder-0.5b")
+    cfg = _cfg(tmp_path, student, teacher, data_file, loss="uld", ce_weight=0.5,
+               stages=[{"train": "full", "steps": 2, "learning_rate": 1e-3}])
+    out, report = run_distill(cfg)
+    assert report["teacher_cache_top_k"] is None and report["stages"][0]["train_loss"] > 0
+    assert AutoModelForCausalLM.from_pretrained(out).config.vocab_size == AutoModelForCausalLM.from_pretrained(student).config.vocab_size
+
+
+def test_teacher_tokenization_reads_the_same_text(real_tokenizer):
+    from xtok.distill.data import teacher_tokenization
+
+    s_tok, t_tok = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    blocks = pack_documents(s_tok, TEXTS, seq_len=12)
+    ids, mask = teacher_tokenization(s_tok, t_tok, blocks)
+    assert ids.shape[0] == len(blocks) and mask[:, 0].all()
+    for i in range(len(blocks)):
+        row = ids[i][mask[i].bool()].tolist()
+        assert row[0] == t_tok.convert_tokens_to_ids("<|endoftext|>")  # Qwen's start token: no BOS, so EOS
+        assert t_tok.decode(row[1:]) == s_tok.decode(blocks[i].tolist(), skip_special_tokens=True)
+
+
+def test_on_policy_batches_are_student_samples_scored_by_the_teacher(real_tokenizer, tmp_path):
+    from transformers import TrainingArguments
+
+    from tests.conftest import build_tiny
+
+    tok = real_tokenizer("smollm2-135m")
+    student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
+    blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=2)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, seed=3)
+    trainer = DistillTrainer(model=student, args=args, teacher=teacher, on_policy=1.0, prompt_tokens=5)
+    batch = torch.utils.data.default_collate([BlockDataset(blocks)[i] for i in range(2)])
+    torch.manual_seed(0)
+    sampled = trainer._student_samples(student, batch)
+    assert sampled["input_ids"].shape == batch["input_ids"].shape  # same length: the token count still holds
+    assert torch.equal(sampled["input_ids"][:, :5], batch["input_ids"][:, :5])
+    assert not torch.equal(sampled["input_ids"][:, 5:], batch["input_ids"][:, 5:])
+    assert torch.equal(sampled["labels"], sampled["input_ids"])
+    draws = []
+    for step in range(40):
+        trainer.state.global_step = step
+        draws.append(trainer._coin())
+    trainer.on_policy = 0.25
+    quarter = []
+    for step in range(400):
+        trainer.state.global_step = step
+        quarter.append(trainer._coin())
+    assert all(draws) and 0.15 < sum(quarter) / 400 < 0.35
+    with pytest.raises(ValueError, match="teacher online"):
+        DistillTrainer(model=student, args=args, on_policy=0.5)
+    with pytest.raises(ValueError, match="teacher_cache.top_k: null"):
+        config_from_dict({"recipe": "distill", "student": "s", "teacher": "t", "out": "o", "on_policy": {"lmbda": 0.5},
+                          "stages": [{"train": "full", "steps": 1, "learning_rate": 1e-3}]})

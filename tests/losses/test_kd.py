@@ -121,3 +121,29 @@ def test_gradients_flow_and_are_finite(logits):
     loss, n = distill_loss(s, t, beta=0.5)
     (loss / n).backward()
     assert torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0
+
+
+def test_uld_is_the_sorted_l1_of_paired_positions():
+    import numpy as np
+
+    from xtok.losses.kd import uld_loss
+
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 7, generator=g), torch.randn(2, 4, 11, generator=g)
+    s_mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    t_mask = torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
+    got, n = uld_loss(s, t, s_mask, t_mask, chunk=2)
+    ref, pairs = 0.0, 0
+    for b in range(2):  # independent reference in numpy: pair counted positions in order
+        sp = [i for i in range(5) if s_mask[b, i]]
+        tp = [i for i in range(4) if t_mask[b, i]]
+        for i, j in zip(sp, tp):
+            a = np.sort(np.exp(s[b, i].numpy()) / np.exp(s[b, i].numpy()).sum())[::-1]
+            c = np.sort(np.exp(t[b, j].numpy()) / np.exp(t[b, j].numpy()).sum())[::-1]
+            a = np.concatenate([a, np.zeros(11 - 7)])
+            ref += np.abs(a - c).sum()
+            pairs += 1
+    assert int(n) == pairs == 5
+    assert got.item() == pytest.approx(ref, rel=1e-5)
+    same, _ = uld_loss(t, t[:, :, torch.randperm(11, generator=g)], t_mask, t_mask)  # a relabelled vocabulary costs 0
+    assert same.item() == pytest.approx(0.0, abs=1e-6)

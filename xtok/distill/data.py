@@ -63,14 +63,34 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps([table, specials], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-class BlockDataset(torch.utils.data.Dataset):
-    """Packed blocks as Trainer examples, with the cached teacher top-k joined in when given."""
+def teacher_tokenization(student_tok, teacher_tok, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same text in the teacher's own tokens (for ``uld``): (N, L) ids and attention mask, right-padded.
 
-    def __init__(self, blocks: torch.Tensor, teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None):
+    Each block is decoded by the student's tokenizer (special tokens dropped) and tokenized again by the
+    teacher's after its start token; L = the longest result.
+    """
+    start = start_token_id(teacher_tok)
+    pad = teacher_tok.pad_token_id if teacher_tok.pad_token_id is not None else teacher_tok.eos_token_id
+    texts = student_tok.batch_decode(blocks.tolist(), skip_special_tokens=True)
+    rows = [[start, *ids] for ids in teacher_tok(texts, add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    return ids, mask
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    """Packed blocks as Trainer examples, with the cached teacher top-k, or the teacher's own tokenization of the
+    same text (``uld``), joined in when given."""
+
+    def __init__(self, blocks: torch.Tensor, teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 teacher_tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
         if teacher_topk is not None and teacher_topk[0].shape[:2] != blocks.shape:
             raise ValueError(f"teacher cache covers {tuple(teacher_topk[0].shape[:2])} positions, the data "
                              f"{tuple(blocks.shape)}; delete the cache so it is rebuilt")
-        self.blocks, self.topk = blocks, teacher_topk
+        self.blocks, self.topk, self.teacher_tokens = blocks, teacher_topk, teacher_tokens
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -81,4 +101,6 @@ class BlockDataset(torch.utils.data.Dataset):
         if self.topk is not None:
             item["teacher_topk_logprobs"] = self.topk[0][i].float()
             item["teacher_topk_ids"] = self.topk[1][i].long()
+        if self.teacher_tokens is not None:
+            item["teacher_input_ids"], item["teacher_attention_mask"] = self.teacher_tokens[0][i], self.teacher_tokens[1][i]
         return item

@@ -22,7 +22,7 @@ from transformers import AutoConfig, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
-from xtok.distill.data import BlockDataset, training_blocks, vocab_fingerprint
+from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks, vocab_fingerprint
 from xtok.distill.stages import merge_lora, prepare_stage
 from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
@@ -105,7 +105,8 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     args = _training_args(cfg, stage, folder)
     trainer = DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, teacher=teacher,
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
-                             loss_chunk=cfg.loss_chunk, callbacks=list(callbacks))
+                             loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
+                             sample_temperature=cfg.on_policy.temperature, callbacks=list(callbacks))
     ckpt = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if ckpt:
         log.info("%s: resuming from %s", stage_name(i, stage), ckpt)
@@ -135,23 +136,29 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
     out = check_output_path(cfg.out, cfg.overwrite) if state.is_main_process else Path(cfg.out).expanduser().resolve()
     student_spec = resolve_model(cfg.student, cache_dir)
     tokenizer = load_tokenizer(student_spec)
-    teacher = teacher_spec = None
-    if LOSSES.meta(cfg.loss).get("needs_teacher", True):
+    teacher = teacher_spec = teacher_tok = None
+    meta = LOSSES.meta(cfg.loss)
+    if meta.get("needs_teacher", True):
         teacher_spec = resolve_model(cfg.teacher, cache_dir)
-        check_tokenizers(tokenizer, load_tokenizer(teacher_spec), cfg.student, cfg.teacher)
+        teacher_tok = load_tokenizer(teacher_spec)
+        if meta.get("same_vocab", True):
+            check_tokenizers(tokenizer, teacher_tok, cfg.student, cfg.teacher)
     run = _open_run(cfg, out, state)
     t0 = time.perf_counter()
     blocks = training_blocks(tokenizer, cfg.data, cfg.seq_len, cfg.max_sequences)
-    topk = None
+    topk = teacher_tokens = None
     if teacher_spec is not None:
         teacher, _ = load_model(teacher_spec)
-        check_same_vocab(AutoConfig.from_pretrained(student_spec), teacher)
-        if cfg.teacher_cache.top_k is not None:
+        if not meta.get("same_vocab", True):  # uld: the teacher reads the same text in its own tokens, online
+            teacher_tokens = teacher_tokenization(tokenizer, teacher_tok, blocks)
+        else:
+            check_same_vocab(AutoConfig.from_pretrained(student_spec), teacher)
+        if teacher_tokens is None and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
                                    cfg.teacher_cache.batch_size)
             teacher = None  # the cache replaces the online teacher; free its memory
-    dataset = BlockDataset(blocks, topk)
+    dataset = BlockDataset(blocks, topk, teacher_tokens)
     summaries = []
     model_spec = student_spec
     for i, stage in enumerate(cfg.stages):
@@ -163,7 +170,7 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
             summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks))
         model_spec = str(folder / "model")
     report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
-              "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if teacher_spec else None,
+              "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if topk is not None else None,
               "processes": state.num_processes, "seconds": round(time.perf_counter() - t0, 2), "stages": summaries}
     if state.is_main_process:
         final = Path(model_spec)

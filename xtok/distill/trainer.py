@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import Trainer
 
-from xtok.losses.kd import TeacherTopK, cross_entropy_sum
+from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
 from xtok.registry import LOSSES
 
 
@@ -30,11 +30,18 @@ class DistillTrainer(Trainer):
     loss needs no teacher (``ce``)."""
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 ce_weight: float = 0.0, loss_chunk: int = 128, **kwargs):
+                 ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
+                 sample_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if not 0.0 <= on_policy <= 1.0:
+            raise ValueError(f"on_policy={on_policy} is a probability (GKD's lambda); use a value in [0, 1]")
+        if on_policy and teacher is None:
+            raise ValueError("on-policy batches need the teacher online to score the student's samples; "
+                             "set teacher_cache.top_k: null (no cache) or on_policy.lmbda: 0")
+        self.on_policy, self.prompt_tokens, self.sample_temperature = on_policy, prompt_tokens, sample_temperature
         self.loss_fn = LOSSES.get(loss)
         self.needs_teacher = LOSSES.meta(loss).get("needs_teacher", True)
-        if teacher is not None:
+        if teacher is not None and LOSSES.meta(loss).get("same_vocab", True):
             check_same_vocab(self.model, teacher)
             teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         if not 0.0 <= ce_weight <= 1.0:
@@ -42,6 +49,32 @@ class DistillTrainer(Trainer):
         self.teacher, self.loss_name = teacher, loss
         self.beta, self.temperature, self.ce_weight, self.loss_chunk = beta, temperature, ce_weight, loss_chunk
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated token count itself
+
+    def _coin(self) -> bool:
+        """Whether this optimizer step is on-policy; a function of (seed, step), so a resumed run draws the same."""
+        g = torch.Generator().manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+        return bool(torch.rand((), generator=g) < self.on_policy)
+
+    @torch.no_grad()
+    def _student_samples(self, model, inputs):
+        """GKD's on-policy batch: keep each row's first ``prompt_tokens`` and let the student sample the rest.
+
+        The row keeps its length and every position stays a target (the prompt is real text the teacher
+        scores too), so the accumulated token count the Trainer computed still holds.
+        """
+        ids = inputs["input_ids"]
+        keep = min(self.prompt_tokens, ids.shape[1] - 1)
+        new = ids.shape[1] - keep
+        gen = self.accelerator.unwrap_model(model).generate(
+            input_ids=ids[:, :keep], attention_mask=inputs["attention_mask"][:, :keep], do_sample=True,
+            temperature=self.sample_temperature, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
+            pad_token_id=self.model.config.eos_token_id)
+        return {**inputs, "input_ids": gen, "labels": gen, "attention_mask": torch.ones_like(gen)}
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.on_policy and self._coin():
+            inputs = self._student_samples(model, inputs)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def _teacher_view(self, inputs, fwd):
         """What the loss compares the student with at positions 0..T-2: logits, a TeacherTopK, or None."""
@@ -51,6 +84,11 @@ class DistillTrainer(Trainer):
             return TeacherTopK(inputs["teacher_topk_logprobs"][:, :-1], inputs["teacher_topk_ids"][:, :-1])
         if self.teacher is None:
             raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
+        if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld)
+            t_ids, t_att = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
+            with torch.no_grad():
+                logits = self.teacher(input_ids=t_ids, attention_mask=t_att).logits[:, :-1]  # (B, Tt-1, Vt)
+            return TeacherOtherVocab(logits, t_att[:, 1:].bool())
         with torch.no_grad():
             return self.teacher(**fwd).logits[:, :-1]  # (B, T-1, V)
 

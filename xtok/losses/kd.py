@@ -135,6 +135,15 @@ def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: 
 
 
 @dataclass(frozen=True)
+class TeacherOtherVocab:
+    """A teacher that kept its own tokenizer: its logits (B, Tt, Vt) over its own tokenization of the same text, and
+    the (B, Tt) mask of its counted positions (for ``uld``)."""
+
+    logits: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
 class TeacherTopK:
     """A teacher's stored top-K log-probs (temperature 1) and their token ids, both (B, T, K)."""
 
@@ -171,3 +180,52 @@ def jsd(student_logits, teacher, mask=None, *, labels=None, beta: float = 0.5, *
                  needs_teacher=False)
 def ce(student_logits, teacher=None, mask=None, *, labels, beta=None, temperature: float = 1.0, chunk: int = 128):
     return cross_entropy_sum(student_logits, labels, mask, chunk=chunk)
+
+
+def uld_loss(
+    student_logits: torch.Tensor,  # (B, Ts, Vs)
+    teacher_logits: torch.Tensor,  # (B, Tt, Vt): another tokenizer, another vocabulary
+    student_mask: torch.Tensor,  # (B, Ts) bool
+    teacher_mask: torch.Tensor,  # (B, Tt) bool
+    *,
+    temperature: float = 1.0,
+    chunk: int = 128,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Universal Logit Distillation (Boizard et al. 2024) for a student that kept its own tokenizer.
+
+    Per sequence, the n-th counted student position is paired with the n-th counted teacher position
+    (up to the shorter of the two); the loss at a pair is the L1 distance between the two probability
+    vectors sorted in decreasing order, the shorter vocabulary padded with zeros (a Wasserstein-1
+    distance between the two distributions with the token identities forgotten). Returns (sum, pairs).
+    """
+    if student_mask.shape != student_logits.shape[:2] or teacher_mask.shape != teacher_logits.shape[:2]:
+        raise ValueError(f"masks {tuple(student_mask.shape)}, {tuple(teacher_mask.shape)} must match the logits' (B, T): "
+                         f"{tuple(student_logits.shape[:2])}, {tuple(teacher_logits.shape[:2])}")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    s_rows, t_rows = [], []
+    for b in range(student_logits.shape[0]):
+        s_pos, t_pos = student_mask[b].nonzero().flatten(), teacher_mask[b].nonzero().flatten()
+        n = min(len(s_pos), len(t_pos))
+        s_rows.append(student_logits[b, s_pos[:n]])
+        t_rows.append(teacher_logits[b, t_pos[:n]])
+    s_all, t_all = torch.cat(s_rows), torch.cat(t_rows)  # (N, Vs), (N, Vt)
+    width = max(s_all.shape[-1], t_all.shape[-1])
+    total = student_logits.new_zeros((), dtype=torch.float32)
+    for s in range(0, len(s_all), chunk):
+        ps = torch.softmax(s_all[s : s + chunk].float() / temperature, -1).sort(-1, descending=True).values
+        pt = torch.softmax(t_all[s : s + chunk].float() / temperature, -1).sort(-1, descending=True).values
+        ps = torch.nn.functional.pad(ps, (0, width - ps.shape[-1]))
+        pt = torch.nn.functional.pad(pt, (0, width - pt.shape[-1]))
+        total = total + (ps - pt).abs().sum()
+    return total, torch.tensor(len(s_all))
+
+
+@LOSSES.register("uld", help="Universal Logit Distillation: sorted-probability L1, for a student with its own tokenizer",
+                 needs_teacher=True, same_vocab=False)
+def uld(student_logits, teacher, mask=None, *, labels=None, beta=None, temperature: float = 1.0, chunk: int = 128):
+    if not isinstance(teacher, TeacherOtherVocab):
+        raise ValueError("loss 'uld' compares two tokenizations of one text: give the teacher's logits and mask "
+                         "(TeacherOtherVocab); for a student that shares the teacher's vocabulary use forward_kl")
+    return uld_loss(student_logits, teacher.logits, _full_mask(student_logits, mask), teacher.mask,
+                    temperature=temperature, chunk=chunk)
