@@ -234,6 +234,42 @@ def draft_check_cmd(
     console.print(f"written: {out}")
 
 
+@app.command("ensemble")
+def ensemble_cmd(
+    models: Annotated[list[str], typer.Argument(help="two or more models sharing one vocabulary (transplant first)")],
+    weights: Annotated[Optional[list[float]], typer.Option("--weight", help="one per model, in order [equal]")] = None,
+    mode: Annotated[str, typer.Option(help="prob (mixture of probabilities) or logprob (product of experts)")] = "prob",
+    data: str = "bundled:eval",
+    max_docs: Annotated[Optional[int], typer.Option(help="documents per domain")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="truncate each document")] = None,
+    window: int = 1024,
+    prompt: Annotated[Optional[str], typer.Option(help="also generate greedily from this prompt")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/ensemble/<models>.json)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
+) -> None:
+    """Bits per byte of a mixture of MODELS against each member, per domain."""
+    from xtok.config import config_from_dict
+    from xtok.ensemble.run import run_ensemble
+    from xtok.eval.report import print_tables
+
+    try:
+        cfg = config_from_dict({"recipe": "ensemble", "models": models, "weights": weights or None, "mode": mode,
+                                "data": {"spec": data, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars},
+                                "eval": {"window": window, "overlap": min(256, window // 4)}, "prompt": prompt},
+                               "command line")
+        out = out or Path("xtok-out") / "ensemble" / ("+".join(Path(m).name for m in models)[:120] + ".json")
+        res = run_ensemble(cfg, State.cache_dir, out, progress=not as_json)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(res) + "\n")
+        return
+    print_tables([*res["members"], res["ensemble"]], console)
+    if "generation" in res:
+        console.print(f"[bold]ensemble continues[/] {res['generation']['prompt']!r}: {res['generation']['text']!r}")
+    console.print(f"written: {out}")
+
+
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""

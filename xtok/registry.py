@@ -70,9 +70,11 @@ class Registry:
 INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods",))
 LOSSES = Registry("loss", modules=("xtok.losses.kd",))
 DRAFT_BACKENDS = Registry("drafter backend", modules=("xtok.speculative.hf",))
+ENSEMBLE_MODES = Registry("ensemble mode", modules=("xtok.ensemble.mix",))
 
 ALL_REGISTRIES: dict[str, Registry] = {
     "init methods": INIT_METHODS,
     "losses": LOSSES,
     "drafter backends": DRAFT_BACKENDS,
+    "ensemble modes": ENSEMBLE_MODES,
 }

@@ -1,0 +1,1 @@
+"""Ensembles of models that share one vocabulary (after a transplant): mixed next-token distributions."""
