@@ -270,6 +270,25 @@ def ensemble_cmd(
     console.print(f"written: {out}")
 
 
+@app.command("run")
+def run_cmd(
+    recipe: Annotated[str, typer.Argument(help="a recipe under recipes/ (xtok ls)")],
+    config: Annotated[str, typer.Option(help="a config name under configs/RECIPE/ or a YAML path")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config")] = None,
+) -> None:
+    """Run one recipe with one config: xtok run end_to_end --config qwen2.5-coder-0.5b_to_smollm2-135m."""
+    from xtok.config import load_config
+    from xtok.recipes import recipe_path, run_recipe
+
+    try:
+        recipe_path(recipe)
+        cfg = load_config(config, overrides or [], recipe=recipe)
+        result = run_recipe(recipe, cfg, State.cache_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    sys.stdout.write(json.dumps(result, default=str) + "\n")
+
+
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""
@@ -289,10 +308,11 @@ def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths o
 @app.command("ls")
 def ls_cmd() -> None:
     """Recipes, configs and every registry."""
-    from xtok.config import CONFIGS_DIR, RECIPE_SCHEMAS
+    from xtok.config import CONFIGS_DIR
+    from xtok.recipes import recipe_names
     from xtok.registry import ALL_REGISTRIES
 
-    console.print("[bold]recipes:[/] " + ", ".join(RECIPE_SCHEMAS))
+    console.print("[bold]recipes[/] (xtok run RECIPE --config NAME): " + ", ".join(recipe_names()))
     for p in sorted(CONFIGS_DIR.rglob("*.yaml")):
         console.print(f"  config {p.relative_to(CONFIGS_DIR)}")
     for title, reg in ALL_REGISTRIES.items():

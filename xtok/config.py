@@ -203,8 +203,58 @@ class EnsembleConfig(Strict):
         return self
 
 
+class EndToEndDraftCheck(Strict):
+    """The drafter checks of an end-to-end run: every drafter at every k, on each backend (vllm where installed)."""
+
+    k: list[int] = Field([2, 4], min_length=1)
+    num_prompts: int = Field(4, ge=1)
+    prompt_chars: int = Field(256, ge=1)
+    max_new_tokens: int = Field(48, ge=1)
+    backends: list[DraftBackend] = Field(["hf"], min_length=1)
+    cross_tokenizer_baseline: bool = Field(True, description="also the untouched student drafting across tokenizers")
+
+
+class EndToEndConfig(Strict):
+    """Transplant -> eval -> progressive distillation -> eval -> drafter check -> report.md, resumable stage by stage.
+
+    ``transplant`` and ``distill`` hold the settings of those recipes' configs without student, teacher and out,
+    which the run fills in; they are validated by those recipes' schemas.
+    """
+
+    recipe: Literal["end_to_end"] = "end_to_end"
+    student: str
+    teacher: str
+    out: str
+    transplant: dict[str, Any] = Field(default_factory=dict)
+    distill: dict[str, Any]
+    eval_data: DataConfig = DataConfig(max_docs_per_domain=3, max_chars_per_doc=3000)
+    eval: EvalSettings = EvalSettings()
+    draft_check: EndToEndDraftCheck = EndToEndDraftCheck()
+
+    def transplant_config(self, out: str) -> TransplantConfig:
+        return TransplantConfig.model_validate({**self.transplant, "student": self.student, "teacher": self.teacher,
+                                                "out": out, "overwrite": True})
+
+    def distill_config(self, student: str, out: str) -> DistillConfig:
+        return DistillConfig.model_validate({**self.distill, "student": student, "teacher": self.teacher, "out": out})
+
+    @model_validator(mode="after")
+    def _sections_valid(self) -> EndToEndConfig:
+        for key in ("student", "teacher", "out", "recipe"):
+            for name, section in (("transplant", self.transplant), ("distill", self.distill)):
+                if key in section:
+                    raise ValueError(f"{name}.{key} is set by the end-to-end run; remove it from the {name} section")
+        for name, build in (("transplant", lambda: self.transplant_config("<out>/transplant")),
+                            ("distill", lambda: self.distill_config("<out>/transplant", "<out>/distill"))):
+            try:
+                build()
+            except ValidationError as exc:
+                raise ValueError(f"the {name} section is not a valid {name} config: {exc}") from None
+        return self
+
+
 RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig,
-                                           "distill": DistillConfig, "ensemble": EnsembleConfig}
+                                           "distill": DistillConfig, "ensemble": EnsembleConfig, "end_to_end": EndToEndConfig}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
