@@ -107,7 +107,64 @@ class DraftCheckConfig(Strict):
         return v
 
 
-RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig}
+class AlignConfig(Strict):
+    """TokAlign: map every ``target`` token to a ``source`` token from co-occurrence vectors on ``data``."""
+
+    recipe: Literal["align"] = "align"
+    source: str = Field(description="the model (or tokenizer) whose rows are rearranged: the student")
+    target: str = Field(description="the tokenizer (or model) to align to: the teacher")
+    data: DataConfig = DataConfig(spec="bundled:train")
+    out: str | None = None
+    # Defaults: GloVe's as TokAlign runs it, except the embedding (bench/results/align.json: PPMI+SVD).
+    embedding: str = Field("ppmi-svd", description="co-occurrence embedding (xtok ls): ppmi-svd or glove")
+    dims: int = Field(300, ge=2, description="vector dimensions")
+    window: int = Field(15, ge=1, description="co-occurrence window (tokens each side, weight 1/distance)")
+    min_count: int = Field(5, ge=1, description="tokens seen fewer times get no vector (and the fallback init)")
+    pivots: int = Field(1000, ge=1, description="most frequent shared tokens used as pivots (at least dims)")
+    holdout: float = Field(0.1, ge=0, lt=1, description="share of shared tokens hidden from the pivots in the quality report")
+    glove_iters: int = Field(15, ge=1)
+    glove_x_max: float = Field(10.0, gt=0)
+    glove_lr: float = Field(0.05, gt=0)
+    chunk: int = Field(1024, ge=1, description="target tokens per mapping step; bounds peak memory")
+    fallback: str = Field("subword", description="init of target tokens with no vector (not tokalign*)")
+    apply: bool = Field(False, description="also write the source model speaking the target tokenizer into out/model")
+    method: str = Field("tokalign", description="init of new input rows when applying")
+    head_method: str | None = Field(None, description="init of new head rows when applying (None = method)")
+    k: int = Field(8, ge=1, description="OMP sparsity for tokalign+omp / omp")
+    candidates: int | None = Field(128, ge=1)
+    seed: int = 0
+    overwrite: bool = False
+
+    @field_validator("method", "head_method", "fallback")
+    @classmethod
+    def _known_method(cls, v: str | None) -> str | None:
+        from xtok.registry import INIT_METHODS
+
+        if v is not None:
+            INIT_METHODS.get(v)
+        return v
+
+    @field_validator("embedding")
+    @classmethod
+    def _known_embedding(cls, v: str) -> str:
+        from xtok.registry import EMBEDDERS
+
+        EMBEDDERS.get(v)
+        return v
+
+    @model_validator(mode="after")
+    def _pivots_cover_dims(self) -> AlignConfig:
+        if self.pivots < self.dims:
+            raise ValueError(f"pivots ({self.pivots}) must be at least dims ({self.dims}); raise pivots or lower dims")
+        from xtok.registry import INIT_METHODS
+
+        if INIT_METHODS.meta(self.fallback).get("needs_alignment"):
+            raise ValueError(f"fallback {self.fallback!r} needs an alignment itself; use subword, omp or mean")
+        return self
+
+
+RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig,
+                                           "align": AlignConfig}
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
