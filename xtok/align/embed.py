@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -46,13 +47,28 @@ def ppmi(cooc: Cooc, context_alpha: float = 0.75) -> Cooc:
     return Cooc(cooc.rows[keep], cooc.cols[keep], pmi[keep], cooc.n)
 
 
-def randomized_svd(m: torch.Tensor, k: int, power_iters: int = 4, oversample: int = 10,
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` left singular vectors and values of a (sparse or dense) n x n matrix (Halko et al. 2011)."""
+def csr(m: Cooc, transpose: bool = False) -> torch.Tensor:
+    """The matrix as a float32 sparse CSR tensor (``m`` is coalesced row-major, as ``cooccurrence`` makes it)."""
+    rows, cols, vals = (m.rows, m.cols, m.vals) if not transpose else _sorted(m.cols, m.rows, m.vals, m.n)
+    crow = torch.zeros(m.n + 1, dtype=torch.long)
+    crow[1:] = torch.bincount(rows, minlength=m.n).cumsum(0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, vals.float(), (m.n, m.n), check_invariants=False)
+
+
+def _sorted(rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor, n: int):
+    order = torch.argsort(rows * n + cols)
+    return rows[order], cols[order], vals[order]
+
+
+def randomized_svd(m: torch.Tensor, k: int, power_iters: int = 4, oversample: int = 10, seed: int = 0,
+                   mt: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` left singular vectors and values of an n x n matrix (Halko et al. 2011); ``mt`` = its transpose."""
     n = m.shape[1]
     q_dim = min(k + oversample, n)
     gen = torch.Generator().manual_seed(seed)
-    mt = m.t().to_sparse_csr() if m.layout == torch.sparse_csr else m.t()
+    mt = m.t() if mt is None else mt
     y = m @ torch.randn((n, q_dim), generator=gen, dtype=torch.float32)  # (n, q)
     for _ in range(power_iters):
         q, _ = torch.linalg.qr(y)
@@ -67,8 +83,7 @@ def randomized_svd(m: torch.Tensor, k: int, power_iters: int = 4, oversample: in
 @EMBEDDERS.register("ppmi-svd", help="positive PMI (smoothed context), rank-dims randomized SVD, U*sqrt(S)")
 def ppmi_svd(cooc: Cooc, opts: EmbedOptions) -> torch.Tensor:
     p = ppmi(cooc, opts.context_alpha)
-    m = torch.sparse_coo_tensor(torch.stack([p.rows, p.cols]), p.vals.float(), (p.n, p.n)).coalesce().to_sparse_csr()
-    u, s = randomized_svd(m, opts.dims, opts.power_iters, seed=opts.seed)
+    u, s = randomized_svd(csr(p), opts.dims, opts.power_iters, seed=opts.seed, mt=csr(p, transpose=True))
     return u * s.sqrt()
 
 
@@ -80,8 +95,16 @@ def glove_loss(w: torch.Tensor, c: torch.Tensor, bw: torch.Tensor, bc: torch.Ten
     return float(0.5 * (f * diff.double() ** 2).sum())
 
 
+def _adagrad(param: torch.Tensor, sq: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+    """AdaGrad step on the rows a mini-batch touched; a row's gradients within the batch are summed first."""
+    uniq, inv = torch.unique(rows, return_inverse=True)
+    g = torch.zeros((len(uniq), *grad.shape[1:])).index_add_(0, inv, grad)
+    sq.index_add_(0, uniq, g * g)  # rows are unique: index_add_ is a (much faster) indexed +=
+    param.index_add_(0, uniq, -lr * g / sq[uniq].sqrt())
+
+
 def train_glove(cooc: Cooc, opts: EmbedOptions) -> tuple[torch.Tensor, list[float]]:
-    """GloVe by AdaGrad over shuffled mini-batches of non-zeros (as the Stanford C code, batched).
+    """GloVe by AdaGrad over shuffled mini-batches of non-zeros (the Stanford C code updates per pair).
 
     Returns word + context vectors (n, dims) and the objective after each epoch.
     """
@@ -95,26 +118,22 @@ def train_glove(cooc: Cooc, opts: EmbedOptions) -> tuple[torch.Tensor, list[floa
     gw, gc, gbw, gbc = torch.ones((n, d)), torch.ones((n, d)), torch.ones(n), torch.ones(n)  # AdaGrad sums, start 1
     logx = cooc.vals.log().float()
     fx = (cooc.vals / opts.x_max).pow(opts.alpha).clamp_max(1.0).float()
+    batch = min(opts.batch, max(256, -(-len(logx) // 100)))  # at least ~100 steps an epoch on small matrices
     losses = []
     for _ in tqdm(range(opts.iters), desc="glove", unit="epoch", disable=not opts.progress):
         perm = torch.randperm(len(logx), generator=gen)
         total = 0.0
-        for s in range(0, len(perm), opts.batch):
-            idx = perm[s : s + opts.batch]
+        for s in range(0, len(perm), batch):
+            idx = perm[s : s + batch]
             i, j = cooc.rows[idx], cooc.cols[idx]
             wi, cj = w[i], c[j]  # (B, d)
             diff = (wi * cj).sum(1) + bw[i] + bc[j] - logx[idx]  # (B,)
             total += float(0.5 * (fx[idx] * diff * diff).sum())
             fdiff = (fx[idx] * diff).clamp(-100.0, 100.0)  # the C code clips the same way
-            g_w, g_c = fdiff[:, None] * cj, fdiff[:, None] * wi  # (B, d)
-            w.index_add_(0, i, -opts.lr * g_w / gw[i].sqrt())
-            c.index_add_(0, j, -opts.lr * g_c / gc[j].sqrt())
-            bw.index_add_(0, i, -opts.lr * fdiff / gbw[i].sqrt())
-            bc.index_add_(0, j, -opts.lr * fdiff / gbc[j].sqrt())
-            gw.index_add_(0, i, g_w * g_w)
-            gc.index_add_(0, j, g_c * g_c)
-            gbw.index_add_(0, i, fdiff * fdiff)
-            gbc.index_add_(0, j, fdiff * fdiff)
+            _adagrad(w, gw, i, fdiff[:, None] * cj, opts.lr)
+            _adagrad(c, gc, j, fdiff[:, None] * wi, opts.lr)
+            _adagrad(bw, gbw, i, fdiff, opts.lr)
+            _adagrad(bc, gbc, j, fdiff, opts.lr)
         if not math.isfinite(total):
             raise RuntimeError(f"GloVe diverged (objective {total}); lower lr (now {opts.lr})")
         losses.append(total)
