@@ -98,4 +98,4 @@ def test_alignment_refuses_other_tokenizer_files(synthetic_pair, synthetic_align
     other = word_level(words, rename=True)
     assert len(other) == len(target)
     with pytest.raises(ValueError, match=r"alignment was made for a target tokenizer of 191 tokens.*run xtok align again"):
-        transplant(student, source, other, method="tokalign", alignment=al)
+        transplant(student, source, other, method="tokalign", head_method="tokalign", alignment=al)

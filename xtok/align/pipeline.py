@@ -31,13 +31,13 @@ class AlignSettings:
     embed: EmbedOptions = field(default_factory=EmbedOptions)
 
 
-def side_vectors(tokenizer, texts: list[str], settings: AlignSettings, timings: dict, name: str) -> Side:
-    """Tokenize, count and embed one side; timings[name] gets tokens, seconds and rates."""
+def side_vectors(tokenizer, texts: list[str], settings: AlignSettings, timings: dict, name: str,
+                 specials: set[int] | frozenset[int] = frozenset()) -> Side:
+    """Tokenize, count and embed one side (``specials`` get no vector); timings[name] gets tokens, seconds and rates."""
     t0 = time.perf_counter()
     stream = tokenize(tokenizer, texts)
     t1 = time.perf_counter()
     counts = stream.counts()
-    specials = set(canonical_vocab(tokenizer).special)
     keep = frequent_ids(counts, settings.min_count)
     keep = keep[torch.tensor([int(i) not in specials for i in keep], dtype=torch.bool)] if specials else keep
     cooc = cooccurrence(stream, keep, settings.window)
@@ -66,13 +66,14 @@ def align(target_tok, source_tok, texts: list[str], settings: AlignSettings = Al
     if settings.pivots < dims:
         raise ValueError(f"pivots={settings.pivots} is fewer than dims={dims}; pass --pivots of at least {dims} or lower --dims")
     t_start = time.perf_counter()
-    tmap = build_token_map(target_tok, source_tok)
+    tcv, scv = canonical_vocab(target_tok), canonical_vocab(source_tok)
+    tmap = build_token_map(target_tok, source_tok, teacher_cv=tcv, student_cv=scv)
     anchor_t, anchor_s = tmap.anchors()
     if len(anchor_t) == 0:
         raise ValueError("the two tokenizers share no token (byte-canonically); TokAlign needs shared pivot tokens")
     timings: dict = {}
-    target = side_vectors(target_tok, texts, settings, timings, "target")
-    source = side_vectors(source_tok, texts, settings, timings, "source")
+    target = side_vectors(target_tok, texts, settings, timings, "target", set(tcv.special))
+    source = side_vectors(source_tok, texts, settings, timings, "source", set(scv.special))
     pairs = shared_pairs(anchor_t, anchor_s, target, source)
     check_pivots(len(pairs[0]), dims)
     n_piv = min(settings.pivots, len(pairs[0]))

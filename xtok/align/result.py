@@ -19,8 +19,9 @@ REPORT_FILE = "align_report.json"
 
 def vocab_fingerprint(tokenizer) -> str:
     """A short hash of a tokenizer's vocabulary (piece -> id), to catch an alignment used with other tokenizer files."""
-    items = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha256(items.encode("utf-8")).hexdigest()[:16]
+    vocab = tokenizer.get_vocab()
+    pieces = "\n".join(sorted(vocab, key=vocab.__getitem__))  # pieces in id order
+    return hashlib.sha256(pieces.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass
@@ -50,11 +51,11 @@ class Alignment:
         """Refuse to apply the map to tokenizers other than the ones it was made from."""
         for role, tok, size, fp in (("target", teacher_tok, len(self.how), self.target_fingerprint),
                                     ("source", student_tok, self.source.vocab_size, self.source_fingerprint)):
-            if len(tok) != size or (fp and vocab_fingerprint(tok) != fp):
+            got = vocab_fingerprint(tok)
+            if len(tok) != size or got != fp:
                 raise ValueError(
                     f"the alignment was made for a {role} tokenizer of {size} tokens (fingerprint {fp}), but the given "
-                    f"one has {len(tok)} tokens (fingerprint {vocab_fingerprint(tok)}); run xtok align again with "
-                    "these tokenizers"
+                    f"one has {len(tok)} tokens (fingerprint {got}); run xtok align again with these tokenizers"
                 )
 
 

@@ -31,18 +31,18 @@ def _apply_methods(cfg: AlignConfig) -> list[str]:
     return [cfg.method, cfg.head_method or cfg.method, cfg.fallback]
 
 
-def apply_alignment(cfg: AlignConfig, al: Alignment, target_tok, cache_dir=None, progress: bool = False):
+def apply_alignment(cfg: AlignConfig, al: Alignment, student, student_tok, target_tok, cache_dir=None,
+                    progress: bool = False):
     """The source model speaking the target tokenizer, new rows by ``cfg.method`` / ``cfg.head_method``."""
     from xtok.transplant.apply import transplant
 
-    student, student_tok = load_model(cfg.source, cache_dir)
     teacher = None
     if any(INIT_METHODS.meta(m).get("needs_donor") for m in _apply_methods(cfg)):
         teacher, _ = load_model(cfg.target, cache_dir)
     model, report = transplant(student, student_tok, target_tok, teacher_model=teacher, method=cfg.method,
                                head_method=cfg.head_method or cfg.method, k=cfg.k, candidates=cfg.candidates,
                                chunk=cfg.chunk, alignment=al, progress=progress)
-    del student, teacher
+    del teacher
     gc.collect()
     return model, report
 
@@ -51,11 +51,15 @@ def run_align(cfg: AlignConfig, cache_dir: str | Path | None = None, progress: b
     if cfg.out is None:
         raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
     out = check_output_path(cfg.out, cfg.overwrite)  # fail before any work
-    target_tok = load_tokenizer(cfg.target, cache_dir)
-    source_tok = load_tokenizer(cfg.source, cache_dir)
     d = cfg.data
     ds = load_corpus(d.spec, domains=d.domains, max_docs_per_domain=d.max_docs_per_domain, max_chars_per_doc=d.max_chars_per_doc)
     texts = list(ds["text"])
+    target_tok = load_tokenizer(cfg.target, cache_dir)
+    student = None
+    if cfg.apply:  # the model now: its own tokenizer is the source side, loaded once
+        student, source_tok = load_model(cfg.source, cache_dir)
+    else:
+        source_tok = load_tokenizer(cfg.source, cache_dir)
     log.info("aligning %s -> %s on %d documents (%d chars)", cfg.target, cfg.source, len(texts), sum(map(len, texts)))
     al, report = align(target_tok, source_tok, texts, settings_from(cfg, progress))
     report.update(source=cfg.source, target=cfg.target, corpus={"spec": d.spec, "documents": len(texts),
@@ -65,7 +69,7 @@ def run_align(cfg: AlignConfig, cache_dir: str | Path | None = None, progress: b
         if cfg.apply:
             from xtok.transplant.apply import save_transplant
 
-            model, t_report = apply_alignment(cfg, al, target_tok, cache_dir, progress)
+            model, t_report = apply_alignment(cfg, al, student, source_tok, target_tok, cache_dir, progress)
             t_report.update(student=cfg.source, teacher=cfg.target)
             save_transplant(model, target_tok, tmp / MODEL_SUBDIR, t_report, cfg)
             report["apply"] = {"folder": MODEL_SUBDIR, "method": t_report["method"], "head_method": t_report["head_method"],

@@ -104,14 +104,14 @@ def transplant(
     if len(anchor_t) == 0:
         raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
     for m in (method, head_method):
-        if INIT_METHODS.meta(m).get("needs_alignment"):
-            if alignment is None:
-                raise_no_alignment(m)
-            alignment.check_tokenizers(teacher_tok, student_tok)
-            if INIT_METHODS.meta(alignment.fallback).get("needs_donor") and teacher_model is None:
-                raise_no_donor(alignment.fallback)
+        if INIT_METHODS.meta(m).get("needs_alignment") and alignment is None:
+            raise_no_alignment(m)
         if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
             raise_no_donor(m)
+    if any(INIT_METHODS.meta(m).get("needs_alignment") for m in (method, head_method)):
+        alignment.check_tokenizers(teacher_tok, student_tok)
+        if INIT_METHODS.meta(alignment.fallback).get("needs_donor") and teacher_model is None:
+            raise_no_donor(alignment.fallback)
     uses_k = any(INIT_METHODS.meta(m).get("uses_k") for m in (method, head_method))
     if uses_k and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
