@@ -139,6 +139,7 @@ def transplant_cmd(
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
+    alignment: Annotated[Optional[str], typer.Option(help="xtok align output, for --method tokalign / tokalign+omp")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
     config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
 ) -> None:
@@ -148,7 +149,7 @@ def transplant_cmd(
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
-             "teacher_tokenizer_only": teacher_tokenizer_only, "overwrite": overwrite}
+             "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "overwrite": overwrite}
     try:
         base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
         base.update({key: value for key, value in given.items() if value is not None})

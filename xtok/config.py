@@ -70,6 +70,7 @@ class TransplantConfig(Strict):
     chunk: int = Field(1024, ge=1, description="new tokens per OMP step; bounds peak memory")
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
+    alignment: str | None = Field(None, description="an xtok align output folder, for tokalign / tokalign+omp")
     overwrite: bool = False
 
     @field_validator("method", "head_method")
