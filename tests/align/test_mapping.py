@@ -84,3 +84,16 @@ def test_too_few_shared_pivots_for_dims(synthetic_pair):
     settings = AlignSettings(window=4, min_count=3, pivots=24, embed=EmbedOptions(dims=24))
     with pytest.raises(ValueError, match=r"only 2 shared tokens with a vector on both sides, fewer than the dims=24"):
         align(target, source, only_renamed, settings)
+
+
+def test_map_scores_are_cosines_of_relative_representations():
+    """map_rows never forms the (n, P) representations; its scores must equal their explicit cosines."""
+    gen = torch.Generator().manual_seed(2)
+    t, s = torch.randn(40, 6, generator=gen), torch.randn(30, 6, generator=gen)
+    side = lambda v: Side(torch.arange(len(v)), v, torch.ones(len(v), dtype=torch.long), len(v))  # noqa: E731
+    piv = (torch.arange(12), torch.randperm(30, generator=gen)[:12])
+    scores, idx = map_rows(side(t), side(s), piv, torch.arange(40), top_k=3, chunk=9)
+    ref = relative(t, piv[0], t.mean(0)) @ relative(s, piv[1], s.mean(0)).T  # (40, 30)
+    ref_s, ref_i = ref.topk(3, dim=1)
+    torch.testing.assert_close(scores, ref_s, rtol=1e-4, atol=1e-5)
+    assert torch.equal(idx, ref_i)

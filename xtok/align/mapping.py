@@ -56,17 +56,24 @@ def map_rows(target: Side, source: Side, pivots: tuple[torch.Tensor, torch.Tenso
              top_k: int = 5, chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
     """For target vector rows ``query_rows``: (scores, source vector rows) of the top-k source tokens.
 
-    ``pivots`` = (target vector rows, source vector rows) of the pivot pairs.
+    ``pivots`` = (target vector rows, source vector rows) of the pivot pairs. Scores are the cosine
+    of relative representations (``relative``), computed without forming them: with unit centred
+    vectors u, pivots P and Q, rel_t . rel_s = u_t P^T Q u_s^T, so each chunk costs one
+    (chunk, d) @ (d, V_s) product whatever the number of pivots.
     """
-    t_center, s_center = target.vectors.mean(0), source.vectors.mean(0)
-    rel_s = relative(source.vectors, pivots[1], s_center)  # (n_s, P)
-    piv_t = F.normalize(target.vectors[pivots[0]] - t_center, dim=1)  # (P, d)
-    out_s = torch.empty((len(query_rows), min(top_k, len(source.ids))))
-    out_i = torch.empty((len(query_rows), out_s.shape[1]), dtype=torch.long)
+    ut = F.normalize(target.vectors - target.vectors.mean(0), dim=1)  # (n_t, d)
+    us = F.normalize(source.vectors - source.vectors.mean(0), dim=1)  # (n_s, d)
+    pt, ps = ut[pivots[0]].double(), us[pivots[1]].double()  # (P, d)
+    cross = (pt.T @ ps).float()  # (d, d)
+    gram_t, gram_s = (pt.T @ pt).float(), (ps.T @ ps).float()  # |rel|^2 = u G u^T
+    keys = us / ((us @ gram_s) * us).sum(1).clamp_min(1e-12).sqrt()[:, None]  # (n_s, d)
+    k = min(top_k, len(source.ids))
+    out_s = torch.empty((len(query_rows), k))
+    out_i = torch.empty((len(query_rows), k), dtype=torch.long)
     for s in range(0, len(query_rows), chunk):
-        q = F.normalize(target.vectors[query_rows[s : s + chunk]] - t_center, dim=1)
-        rel_q = F.normalize(q @ piv_t.T, dim=1)  # (chunk, P)
-        out_s[s : s + chunk], out_i[s : s + chunk] = nearest(rel_q, rel_s, top_k, chunk)
+        u = ut[query_rows[s : s + chunk]]  # (chunk, d)
+        q = (u @ cross) / ((u @ gram_t) * u).sum(1).clamp_min(1e-12).sqrt()[:, None]
+        out_s[s : s + chunk], out_i[s : s + chunk] = nearest(q, keys, top_k, chunk)
     return out_s, out_i
 
 
