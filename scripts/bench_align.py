@@ -44,7 +44,7 @@ def texts_of(spec: str) -> list[str]:
 
 def run_pipeline(args, target_tok, source_tok, texts, embedding: str):
     settings = AlignSettings(embedding=embedding, window=args.window, min_count=args.min_count, pivots=args.pivots,
-                             chunk=args.chunk, embed=EmbedOptions(dims=args.dims, progress=True))
+                             chunk=args.chunk, embed=EmbedOptions(dims=args.dims, svd_power=args.svd_power, progress=True))
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         al, report = align(target_tok, source_tok, texts, settings)
@@ -60,9 +60,9 @@ def pivots_section(args, al, tmap) -> list[dict]:
     pairs = shared_pairs(*tmap.anchors(), al.target, al.source)
     rows = []
     for p in args.pivot_grid:
-        if p < args.dims or p > len(pairs[0]):
+        if p < args.dims:
             continue
-        q = holdout_quality(pairs, al.target, al.source, fraction=0.1, pivots=p, chunk=args.chunk)
+        q = holdout_quality(pairs, al.target, al.source, fraction=0.1, pivots=min(p, len(pairs[0])), chunk=args.chunk)
         rows.append(q)
         print(q, flush=True)
     return rows
@@ -73,13 +73,14 @@ def mapping_section(args) -> dict:
     n_t, n_s = 151_936, 49_152
     side = lambda n: Side(torch.arange(n), torch.randn((n, args.dims), generator=gen), torch.ones(n, dtype=torch.long), n)  # noqa: E731
     target, source = side(n_t), side(n_s)
-    pivots = (torch.arange(args.pivots), torch.arange(args.pivots))
+    n_piv = args.pivots or 14_538  # the shared tokens with vectors in the pipeline run
+    pivots = (torch.arange(n_piv), torch.arange(n_piv))
     with PeakRSS() as mem:
         base = mem.proc.memory_info().rss
         t0 = time.perf_counter()
         map_rows(target, source, pivots, torch.arange(n_t), top_k=1, chunk=args.chunk)
         seconds = time.perf_counter() - t0
-    out = {"target_tokens": n_t, "source_tokens": n_s, "dims": args.dims, "pivots": args.pivots, "chunk": args.chunk,
+    out = {"target_tokens": n_t, "source_tokens": n_s, "dims": args.dims, "pivots": n_piv, "chunk": args.chunk,
            "seconds": round(seconds, 1), "peak_rss_mb": round(mem.peak / 2**20),
            "peak_above_inputs_mb": round((mem.peak - base) / 2**20),
            "dense_float64_matrix_would_be_mb": round(n_t * n_s * 8 / 2**20)}
@@ -125,8 +126,9 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=300)
     ap.add_argument("--window", type=int, default=15)
     ap.add_argument("--min-count", type=int, default=5)
-    ap.add_argument("--pivots", type=int, default=1000)
-    ap.add_argument("--pivot-grid", type=int, nargs="*", default=[300, 1000, 3000, 10000])
+    ap.add_argument("--pivots", type=int, default=None, help="default: all shared tokens with vectors")
+    ap.add_argument("--svd-power", type=float, default=0.0)
+    ap.add_argument("--pivot-grid", type=int, nargs="*", default=[300, 1000, 5000, 1 << 30], help="1<<30: all")
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--sections", nargs="+", default=["pipeline", "pivots", "mapping", "quality"])
     ap.add_argument("--quality-methods", nargs="*", default=["tokalign/tokalign", "tokalign+omp/tokalign", "omp/focus"],

@@ -178,7 +178,7 @@ def align_cmd(
     dims: Annotated[Optional[int], typer.Option(help="vector dimensions [300]")] = None,
     window: Annotated[Optional[int], typer.Option(help="co-occurrence window [15]")] = None,
     min_count: Annotated[Optional[int], typer.Option(help="min frequency for a vector [5]")] = None,
-    pivots: Annotated[Optional[int], typer.Option(help="shared pivot tokens, at least dims [1000]")] = None,
+    pivots: Annotated[Optional[int], typer.Option(help="shared pivot tokens, at least dims [all]")] = None,
     fallback: Annotated[Optional[str], typer.Option(help="init of tokens with no vector [subword]")] = None,
     apply: Annotated[Optional[bool], typer.Option("--apply", help="also write the source model with the target tokenizer")] = None,
     method: Annotated[Optional[str], typer.Option(help="init of new input rows with --apply [tokalign]")] = None,

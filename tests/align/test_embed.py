@@ -40,10 +40,12 @@ def test_randomized_svd_matches_exact_svd_on_a_low_rank_matrix():
 
 def test_ppmi_svd_gives_the_top_singular_subspace():
     m = random_cooc(40, seed=1)
-    e = ppmi_svd(m, EmbedOptions(dims=6, power_iters=30))  # (n, 6) = U sqrt(S)
+    e = ppmi_svd(m, EmbedOptions(dims=6, power_iters=30, svd_power=0.5))  # (n, 6) = U sqrt(S)
     u, s, _ = torch.linalg.svd(ppmi(m).dense().float())
     ref = u[:, :6] * s[:6]  # E E^T = U S U^T is sign-free
     torch.testing.assert_close(e @ e.T, ref @ u[:, :6].T, rtol=1e-3, atol=1e-3)
+    plain = ppmi_svd(m, EmbedOptions(dims=6, power_iters=30))  # default power 0: U, orthonormal columns
+    torch.testing.assert_close(plain.T @ plain, torch.eye(6), rtol=1e-4, atol=1e-4)
 
 
 def test_glove_objective_decreases():

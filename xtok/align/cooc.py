@@ -67,7 +67,7 @@ def _reduce(keys: torch.Tensor, vals: torch.Tensor) -> tuple[torch.Tensor, torch
     return uniq, torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, inv, vals)
 
 
-def cooccurrence(stream: TokenStream, keep: torch.Tensor, window: int, chunk_tokens: int = 1 << 21) -> Cooc:
+def cooccurrence(stream: TokenStream, keep: torch.Tensor, window: int, chunk_tokens: int = 1 << 19) -> Cooc:
     """Co-occurrences among the token ids in ``keep`` (sorted, unique); row/col i is ``keep[i]``.
 
     Pairs never cross a document boundary; weight 1/d at distance d; symmetric (X + X^T).

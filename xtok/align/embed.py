@@ -31,6 +31,7 @@ class EmbedOptions:
     batch: int = 1 << 16
     # PPMI
     context_alpha: float = 0.75  # context-distribution smoothing (Levy et al. 2015)
+    svd_power: float = 0.0  # vectors U * S^power: 0 (plain U) mapped best, bench/results/align.json
     power_iters: int = 4
     progress: bool = False
 
@@ -80,11 +81,11 @@ def randomized_svd(m: torch.Tensor, k: int, power_iters: int = 4, oversample: in
     return (q @ ub)[:, :k], s[:k]
 
 
-@EMBEDDERS.register("ppmi-svd", help="positive PMI (smoothed context), rank-dims randomized SVD, U*sqrt(S)")
+@EMBEDDERS.register("ppmi-svd", help="positive PMI (smoothed context), rank-dims randomized SVD, U * S^svd_power")
 def ppmi_svd(cooc: Cooc, opts: EmbedOptions) -> torch.Tensor:
     p = ppmi(cooc, opts.context_alpha)
     u, s = randomized_svd(csr(p), opts.dims, opts.power_iters, seed=opts.seed, mt=csr(p, transpose=True))
-    return u * s.sqrt()
+    return u * s.pow(opts.svd_power)
 
 
 def glove_loss(w: torch.Tensor, c: torch.Tensor, bw: torch.Tensor, bc: torch.Tensor, cooc: Cooc,

@@ -23,7 +23,7 @@ class AlignSettings:
     embedding: str = "ppmi-svd"
     window: int = 15
     min_count: int = 5
-    pivots: int = 1000  # most frequent shared tokens used as pivots (at least dims)
+    pivots: int | None = None  # most frequent shared tokens used as pivots (at least dims); None = all
     holdout: float = 0.1  # share of shared tokens hidden from the pivots for the quality report
     top_k: int = 5
     chunk: int = 1024  # target tokens per mapping step: bounds the (chunk, V_s) similarity block
@@ -63,7 +63,7 @@ def align(target_tok, source_tok, texts: list[str], settings: AlignSettings = Al
     if not texts or not any(t.strip() for t in texts):
         raise ValueError("the corpus is empty; give --corpus a jsonl/txt file or folder with text")
     dims = settings.embed.dims
-    if settings.pivots < dims:
+    if settings.pivots is not None and settings.pivots < dims:
         raise ValueError(f"pivots={settings.pivots} is fewer than dims={dims}; pass --pivots of at least {dims} or lower --dims")
     t_start = time.perf_counter()
     tcv, scv = canonical_vocab(target_tok), canonical_vocab(source_tok)
@@ -76,7 +76,7 @@ def align(target_tok, source_tok, texts: list[str], settings: AlignSettings = Al
     source = side_vectors(source_tok, texts, settings, timings, "source", set(scv.special))
     pairs = shared_pairs(anchor_t, anchor_s, target, source)
     check_pivots(len(pairs[0]), dims)
-    n_piv = min(settings.pivots, len(pairs[0]))
+    n_piv = min(settings.pivots or len(pairs[0]), len(pairs[0]))
     t0 = time.perf_counter()
     quality = holdout_quality(pairs, target, source, fraction=settings.holdout, pivots=n_piv, top_k=settings.top_k,
                               chunk=settings.chunk, seed=settings.embed.seed)

@@ -22,7 +22,7 @@ MODEL_SUBDIR = "model"
 
 def settings_from(cfg: AlignConfig, progress: bool = False) -> AlignSettings:
     opts = EmbedOptions(dims=cfg.dims, seed=cfg.seed, iters=cfg.glove_iters, x_max=cfg.glove_x_max, lr=cfg.glove_lr,
-                        progress=progress)
+                        svd_power=cfg.svd_power, progress=progress)
     return AlignSettings(embedding=cfg.embedding, window=cfg.window, min_count=cfg.min_count, pivots=cfg.pivots,
                          holdout=cfg.holdout, chunk=cfg.chunk, fallback=cfg.fallback, embed=opts)
 
