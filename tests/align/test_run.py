@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from xtok.align.run import run_align
 from xtok.config import config_from_dict
@@ -45,3 +46,28 @@ def test_too_small_corpus_fails_cleanly_and_writes_nothing(synthetic_pair, tmp_p
     out.mkdir()
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_align(c, progress=False)
+
+
+def test_transplant_job_reads_an_alignment_folder(synthetic_pair, synthetic_alignment, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import build_tiny
+    from xtok.align.result import save_alignment
+    from xtok.transplant.run import run_transplant
+
+    target, source, _, truth = synthetic_pair
+    al, _ = synthetic_alignment
+    (tmp_path / "al").mkdir()
+    save_alignment(al, tmp_path / "al")
+    student = build_tiny("llama", source, vocab_size=len(source))
+    student.save_pretrained(tmp_path / "s")
+    source.save_pretrained(tmp_path / "s")
+    target.save_pretrained(tmp_path / "t")
+    c = config_from_dict({"recipe": "transplant", "student": str(tmp_path / "s"), "teacher": str(tmp_path / "t"),
+                          "out": str(tmp_path / "o"), "method": "tokalign", "head_method": "tokalign",
+                          "teacher_tokenizer_only": True, "alignment": str(tmp_path / "al")})
+    out, report = run_transplant(c, progress=False)
+    emb = AutoModelForCausalLM.from_pretrained(out).get_input_embeddings().weight
+    old = student.get_input_embeddings().weight
+    assert all(torch.equal(emb[t], old[s]) for t, s in truth.items())
+    assert report["spaces"]["input"]["tokalign_copied"] == len(truth)
