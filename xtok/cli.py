@@ -139,6 +139,7 @@ def transplant_cmd(
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
+    alignment: Annotated[Optional[str], typer.Option(help="xtok align output, for --method tokalign / tokalign+omp")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
     config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
 ) -> None:
@@ -148,7 +149,7 @@ def transplant_cmd(
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
-             "teacher_tokenizer_only": teacher_tokenizer_only, "overwrite": overwrite}
+             "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "overwrite": overwrite}
     try:
         base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
         base.update({key: value for key, value in given.items() if value is not None})
@@ -191,6 +192,52 @@ def distill_cmd(
                       f"{tps:.0f}" if tps else "-", f"{st['seconds']:.0f}")
     console.print(table)
     console.print(f"written: {folder}")
+
+
+@app.command("align")
+def align_cmd(
+    source: Annotated[Optional[str], typer.Option(help="model (or tokenizer) whose rows are rearranged")] = None,
+    target: Annotated[Optional[str], typer.Option(help="tokenizer (or model) to align to")] = None,
+    corpus: Annotated[Optional[str], typer.Option(help="text both tokenizers read [default: bundled:train]")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output folder: token_map.json, vectors, align_report.json")] = None,
+    max_docs: Annotated[Optional[int], typer.Option(help="documents per domain")] = None,
+    max_chars: Annotated[Optional[int], typer.Option(help="truncate each document")] = None,
+    embedding: Annotated[Optional[str], typer.Option(help="ppmi-svd or glove [default: ppmi-svd]")] = None,
+    dims: Annotated[Optional[int], typer.Option(help="vector dimensions [300]")] = None,
+    window: Annotated[Optional[int], typer.Option(help="co-occurrence window [15]")] = None,
+    min_count: Annotated[Optional[int], typer.Option(help="min frequency for a vector [5]")] = None,
+    pivots: Annotated[Optional[int], typer.Option(help="shared pivot tokens, at least dims [all]")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="init of tokens with no vector [subword]")] = None,
+    apply: Annotated[Optional[bool], typer.Option("--apply", help="also write the source model with the target tokenizer")] = None,
+    method: Annotated[Optional[str], typer.Option(help="init of new input rows with --apply [tokalign]")] = None,
+    head_method: Annotated[Optional[str], typer.Option(help="init of new head rows with --apply [= method]")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing output folder")] = None,
+    config: Annotated[Optional[str], typer.Option(help="an align YAML; options given here override it")] = None,
+) -> None:
+    """Map every TARGET token to a SOURCE token by TokAlign (co-occurrence vectors related through shared pivots)."""
+    from xtok.align.run import run_align
+    from xtok.config import config_from_dict, load_config
+
+    given = {"source": source, "target": target, "out": str(out) if out else None, "embedding": embedding, "dims": dims,
+             "window": window, "min_count": min_count, "pivots": pivots, "fallback": fallback, "apply": apply,
+             "method": method, "head_method": head_method, "overwrite": overwrite}
+    data = {"spec": corpus, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars}
+    try:
+        base = load_config(config, recipe="align").model_dump() if config else {"recipe": "align"}
+        base.update({key: value for key, value in given.items() if value is not None})
+        base["data"] = {"spec": "bundled:train", **base.get("data", {}),
+                        **{key: value for key, value in data.items() if value is not None}}
+        for key in ("source", "target"):
+            if not base.get(key):
+                raise ValueError(f"missing --{key}")
+        cfg = config_from_dict(base, "command line")
+        folder, report = run_align(cfg, State.cache_dir)
+    except (ValueError, RuntimeError, OSError) as exc:
+        _fail(exc)
+    t, q = report["tokens"], report["quality"]
+    console.print(f"aligned {report['target']} -> {report['source']}: {t['shared']} shared, {t['aligned']} aligned, "
+                  f"{t['no_vector']} without a vector ({report['no_vector_fallback']} init); holdout top-1 "
+                  f"{q.get('top1', '-')}, shared agreement {q['shared_agreement']}; {report['seconds']}s -> {folder}")
 
 
 @app.command("draft-check")

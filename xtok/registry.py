@@ -67,14 +67,16 @@ class Registry:
 
 
 # Every registry of the project, with the modules that fill it (imported on first use).
-INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods",))
+INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods", "xtok.align.methods"))
 LOSSES = Registry("loss", modules=("xtok.losses.kd",))
 DRAFT_BACKENDS = Registry("drafter backend", modules=("xtok.speculative.hf",))
 ENSEMBLE_MODES = Registry("ensemble mode", modules=("xtok.ensemble.mix",))
+EMBEDDERS = Registry("co-occurrence embedding", modules=("xtok.align.embed",))
 
 ALL_REGISTRIES: dict[str, Registry] = {
     "init methods": INIT_METHODS,
     "losses": LOSSES,
     "drafter backends": DRAFT_BACKENDS,
     "ensemble modes": ENSEMBLE_MODES,
+    "co-occurrence embeddings": EMBEDDERS,
 }

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from xtok.registry import INIT_METHODS
-from xtok.transplant.methods import Space, raise_no_donor
+from xtok.transplant.methods import Space, raise_no_alignment, raise_no_donor
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import TokenMap, build_token_map
@@ -65,7 +65,7 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
         raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,
-                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2)}
+                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details}
 
 
 def transplant(
@@ -80,6 +80,7 @@ def transplant(
     candidates: int | None = None,
     chunk: int = 1024,
     dtype: str = "auto",
+    alignment: Any = None,
     progress: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Return a copy of ``student_model`` speaking ``teacher_tok``, and a report of what was done.
@@ -90,7 +91,8 @@ def transplant(
     methods differ is untied. The default head method is FOCUS: signed OMP mixtures in a head give
     the ~100k new rows logits that take most of the probability mass (measured: 70% of it at
     positions whose target is a shared token), while convex mixtures cannot outscore their anchors.
-    ``student_model`` is not modified.
+    ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
+    one (``tokalign``, ``tokalign+omp``).
     """
     head_method = head_method or method
     INIT_METHODS.get(method)  # unknown methods: fail before any work
@@ -102,16 +104,24 @@ def transplant(
     if len(anchor_t) == 0:
         raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
     for m in (method, head_method):
+        if INIT_METHODS.meta(m).get("needs_alignment") and alignment is None:
+            raise_no_alignment(m)
         if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
             raise_no_donor(m)
-    if "omp" in (method, head_method) and not 1 <= k <= len(anchor_t):
+    if any(INIT_METHODS.meta(m).get("needs_alignment") for m in (method, head_method)):
+        alignment.check_tokenizers(teacher_tok, student_tok)
+        if INIT_METHODS.meta(alignment.fallback).get("needs_donor") and teacher_model is None:
+            raise_no_donor(alignment.fallback)
+    uses_k = any(INIT_METHODS.meta(m).get("uses_k") for m in (method, head_method))
+    if uses_k and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
     d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
     _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
     rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
     common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
-                  student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress)
+                  student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress,
+                  alignment=alignment)
     tied = is_tied(student_model)
     untie = tied and head_method != method
     new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)
@@ -137,8 +147,8 @@ def transplant(
     _set_special_ids(model, teacher_tok, teacher_model)
     check_port(model, rows, tied and not untie)
     report = {
-        "method": method, "head_method": head_method, "k": k if "omp" in (method, head_method) else None,
-        "candidates": candidates if "omp" in (method, head_method) else None, "tied_student": tied, "untied": untie,
+        "method": method, "head_method": head_method, "k": k if uses_k else None,
+        "candidates": candidates if uses_k else None, "tied_student": tied, "untied": untie,
         "teacher_tokenizer_kind": tmap.teacher_kind, "student_tokenizer_kind": tmap.student_kind,
         "tokens": tmap.counts(), "anchors": int(len(anchor_t)), "spaces": spaces,
         "special_tokens": [

@@ -6,7 +6,8 @@ rows for the given teacher token ids, in the student's embedding space ``space.s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -33,11 +34,18 @@ class Space:
     seed: int = 0
     progress: bool = False
     fallbacks: int = 0  # new tokens a method could not build and left at the student mean
+    alignment: Any = None  # an xtok.align Alignment, for the methods that need one (needs_alignment=True)
+    details: dict[str, Any] = field(default_factory=dict)  # extra per-method counts for the report
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
             raise_no_donor(method)
         return self.donor
+
+    def need_alignment(self, method: str) -> Any:
+        if self.alignment is None:
+            raise_no_alignment(method)
+        return self.alignment
 
 
 def raise_no_donor(method: str) -> None:
@@ -45,6 +53,13 @@ def raise_no_donor(method: str) -> None:
     raise ValueError(
         f"init method {method!r} needs the teacher's embeddings, but the teacher was given as a bare tokenizer; "
         f"give a teacher model, or use a method that works without: {', '.join(ok)}"
+    )
+
+
+def raise_no_alignment(method: str) -> None:
+    raise ValueError(
+        f"init method {method!r} needs a token alignment; run `xtok align` first and pass its folder with --alignment, "
+        "or use `xtok align --apply`"
     )
 
 
@@ -139,13 +154,18 @@ def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("omp", help="Orthogonal Matching Pursuit over shared anchors in donor space (default)",
-                       needs_donor=True)
+                       needs_donor=True, uses_k=True)
 def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("omp")
-    idx, coef = batch_omp(donor[new_ids], donor[space.anchor_teacher], space.k, chunk=space.chunk,
-                          dtype=space.dtype, candidates=space.candidates, progress=space.progress)
-    student_rows = space.student[space.anchor_student]  # (n, d_s)
-    out = torch.empty((len(new_ids), space.student.shape[1]))
-    for s in range(0, len(new_ids), space.chunk):
+    return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student)
+
+
+def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student: torch.Tensor) -> torch.Tensor:
+    """Student rows for donor vectors ``x`` (m, d): OMP codes over ``atoms`` applied to the anchors' student rows."""
+    idx, coef = batch_omp(x, atoms, space.k, chunk=space.chunk, dtype=space.dtype, candidates=space.candidates,
+                          progress=space.progress)
+    student_rows = space.student[anchor_student]  # (n, d_s)
+    out = torch.empty((len(x), space.student.shape[1]))
+    for s in range(0, len(x), space.chunk):
         out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
     return out

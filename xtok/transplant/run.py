@@ -31,8 +31,13 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
+    alignment = None
+    if cfg.alignment:
+        from xtok.align.result import load_alignment
+
+        alignment = load_alignment(cfg.alignment)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
-                               head_method=cfg.head_method,
+                               head_method=cfg.head_method, alignment=alignment,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
