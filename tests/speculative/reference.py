@@ -1,7 +1,8 @@
-"""Greedy speculative decoding written out plainly, to check each backend's counts against."""
+"""What every drafter backend is checked against: a plain greedy speculative-decoding loop, and bad input."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -34,3 +35,15 @@ def reference_rounds(target, drafter, ids, k: int, max_new: int, *, vllm_style: 
             seq = seq + draft[len(seq) : len(seq) + accepted] + [choice[accepted]]
             rounds.append((n_draft, accepted))
     return rounds, seq[:end]
+
+
+def assert_rejects_bad_input(check, target, drafter, other_vocab, tokenizer, prompts: list[str]) -> None:
+    """``check`` = a backend; ``other_vocab`` = a drafter whose vocabulary differs from the target's."""
+    with pytest.raises(ValueError, match="transplant the drafter"):
+        check(target, other_vocab, tokenizer, prompts, k=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="at least 1"):
+        check(target, drafter, tokenizer, prompts, k=0, max_new_tokens=4)
+    with pytest.raises(ValueError, match="no prompts"):
+        check(target, drafter, tokenizer, [], k=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        check(target, drafter, tokenizer, ["word " * 600], k=2, max_new_tokens=4)

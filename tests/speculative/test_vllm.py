@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny
-from tests.speculative.reference import reference_rounds
+from tests.speculative.reference import assert_rejects_bad_input, reference_rounds
 from xtok.speculative import vllm_backend
 from xtok.speculative.metrics import summarize_rounds
 from xtok.speculative.vllm_backend import vllm_draft_check
@@ -93,14 +93,7 @@ def test_cross_tokenizer_baseline_is_lossless(models):
 
 def test_bad_inputs_fail_before_vllm_starts(models, monkeypatch):
     t, d, tok = models["target_dir"], models["drafter_dir"], models["tok"]
-    with pytest.raises(ValueError, match="transplant the drafter"):
-        vllm_draft_check(t, models["other_dir"], tok, PROMPTS, k=2, max_new_tokens=4)
-    with pytest.raises(ValueError, match="at least 1"):
-        vllm_draft_check(t, d, tok, PROMPTS, k=0, max_new_tokens=4)
-    with pytest.raises(ValueError, match="no prompts"):
-        vllm_draft_check(t, d, tok, [], k=2, max_new_tokens=4)
-    with pytest.raises(ValueError, match="exceeds the context"):
-        vllm_draft_check(t, d, tok, ["word " * 600], k=2, max_new_tokens=4)
+    assert_rejects_bad_input(vllm_draft_check, t, d, models["other_dir"], tok, PROMPTS)
     monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: False)
     with pytest.raises(RuntimeError, match=r"install.sh --vllm"):
         vllm_draft_check(t, d, tok, PROMPTS, k=2, max_new_tokens=4)
