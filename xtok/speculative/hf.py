@@ -91,6 +91,8 @@ def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, ma
             mismatched.append(i)
         if progress:
             log.info("prompt %d/%d: %d rounds", i + 1, len(prompts), len(rounds))
-    return draft_check_result(summarize_rounds(all_rounds, k), k=k, prompts=len(prompts), max_new_tokens=max_new_tokens,
+    # UAG re-tokenizes the drafter's k tokens into the target's vocabulary: a round can hold more than k of those.
+    positions = max([k, *(d for d, _ in all_rounds)])
+    return draft_check_result(summarize_rounds(all_rounds, positions), k=k, prompts=len(prompts), max_new_tokens=max_new_tokens,
                               plain_tokens=plain_tokens, plain_s=plain_s, spec_tokens=spec_tokens, spec_s=spec_s,
                               mismatched=mismatched, cross_tokenizer=cross)
