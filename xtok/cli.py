@@ -249,8 +249,9 @@ def draft_check_cmd(
     num_prompts: int = 8,
     prompt_chars: int = 256,
     max_new_tokens: int = 64,
-    backend: Annotated[str, typer.Option(help="hf (xtok ls lists backends)")] = "hf",
-    cross_tokenizer: Annotated[bool, typer.Option(help="baseline: the drafter keeps its own tokenizer")] = False,
+    backend: Annotated[str, typer.Option(help="hf or vllm (xtok ls lists backends)")] = "hf",
+    cross_tokenizer: Annotated[bool, typer.Option(help="baseline: the drafter keeps its own tokenizer (hf: UAG, "
+                                                       "vllm: heterogeneous vocab)")] = False,
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/draft-check/<drafter>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
@@ -263,7 +264,7 @@ def draft_check_cmd(
                                 "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
                                 "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
         out = out or Path("xtok-out") / "draft-check" / f"{Path(drafter).name}.json"
-        res = run_draft_check(cfg, State.cache_dir, out)
+        res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     if as_json:

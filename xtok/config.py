@@ -105,8 +105,9 @@ class DraftCheckConfig(Strict):
     prompt_chars: int = Field(256, ge=1, description="characters of each document used as its prompt")
     k: int = Field(4, ge=1, description="draft tokens per round")
     max_new_tokens: int = Field(64, ge=1)
-    backend: DraftBackend = "hf"
-    cross_tokenizer: bool = Field(False, description="baseline: the drafter keeps its own tokenizer (UAG)")
+    backend: DraftBackend = Field("hf", description="hf (transformers assisted generation) or vllm (needs the vllm extra)")
+    cross_tokenizer: bool = Field(False, description="baseline: the drafter keeps its own tokenizer (hf: Universal "
+                                  "Assisted Generation, vllm: use_heterogeneous_vocab)")
     dtype: DType = "float32"
     out: str | None = None
 

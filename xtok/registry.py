@@ -69,7 +69,7 @@ class Registry:
 # Every registry of the project, with the modules that fill it (imported on first use).
 INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods", "xtok.align.methods"))
 LOSSES = Registry("loss", modules=("xtok.losses.kd",))
-DRAFT_BACKENDS = Registry("drafter backend", modules=("xtok.speculative.hf",))
+DRAFT_BACKENDS = Registry("drafter backend", modules=("xtok.speculative.hf", "xtok.speculative.vllm_backend"))
 ENSEMBLE_MODES = Registry("ensemble mode", modules=("xtok.ensemble.mix",))
 EMBEDDERS = Registry("co-occurrence embedding", modules=("xtok.align.embed",))
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny
+from tests.speculative.reference import assert_rejects_bad_input, reference_rounds
 from xtok.registry import DRAFT_BACKENDS
 from xtok.speculative.hf import hf_draft_check, record_rounds
 
@@ -15,26 +16,6 @@ def pair(real_tokenizer):
     tok = real_tokenizer("smollm2-135m")
     target = build_tiny("llama", tok, seed=0)
     return tok, target
-
-
-def _reference_rounds(target, drafter, ids, k, max_new):
-    """Greedy speculative decoding written out plainly: draft k, keep the agreeing prefix, add the target's token."""
-    seq = ids[0].tolist()
-    end = len(seq) + max_new
-    rounds = []
-    with torch.no_grad():
-        while len(seq) < end:
-            n_draft = min(k, end - len(seq) - 1)
-            draft = list(seq)
-            for _ in range(n_draft):
-                draft.append(int(drafter(input_ids=torch.tensor([draft])).logits[0, -1].argmax()))
-            choice = target(input_ids=torch.tensor([draft])).logits[0, len(seq) - 1 :].argmax(-1).tolist()
-            accepted = 0
-            while accepted < n_draft and draft[len(seq) + accepted] == choice[accepted]:
-                accepted += 1
-            seq = seq + draft[len(seq) : len(seq) + accepted] + [choice[accepted]]
-            rounds.append((n_draft, accepted))
-    return rounds, seq[:end]
 
 
 def test_self_drafting_accepts_everything_and_is_lossless(pair):
@@ -50,7 +31,7 @@ def test_counts_match_a_plain_reference_loop(pair):
     drafter = build_tiny("llama", tok, seed=7)
     drafter.load_state_dict({**drafter.state_dict(), **{k: v for k, v in target.state_dict().items() if "layers.1" in k}})
     ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
-    ref_rounds, ref_seq = _reference_rounds(target, drafter, ids, k=3, max_new=10)
+    ref_rounds, ref_seq = reference_rounds(target, drafter, ids, k=3, max_new=10)
     drafter.generation_config.num_assistant_tokens = 3
     drafter.generation_config.num_assistant_tokens_schedule = "constant"
     drafter.generation_config.assistant_confidence_threshold = 0.0
@@ -73,14 +54,7 @@ def test_different_drafter_is_still_lossless(pair):
 def test_bad_inputs(pair, real_tokenizer):
     tok, target = pair
     other = build_tiny("qwen2", real_tokenizer("qwen2.5-coder-0.5b"))
-    with pytest.raises(ValueError, match="transplant the drafter"):
-        hf_draft_check(target, other, tok, PROMPTS, k=2, max_new_tokens=4)
-    with pytest.raises(ValueError, match="at least 1"):
-        hf_draft_check(target, target, tok, PROMPTS, k=0, max_new_tokens=4)
-    with pytest.raises(ValueError, match="no prompts"):
-        hf_draft_check(target, target, tok, [], k=2, max_new_tokens=4)
-    with pytest.raises(ValueError, match="exceeds the context"):
-        hf_draft_check(target, target, tok, ["word " * 600], k=2, max_new_tokens=4)
+    assert_rejects_bad_input(hf_draft_check, target, target, other, tok, PROMPTS)
 
 
 def test_draft_check_cli_json(tiny_model_dir, tmp_path):

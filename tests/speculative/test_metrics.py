@@ -1,6 +1,6 @@
 import pytest
 
-from xtok.speculative.metrics import summarize_rounds
+from xtok.speculative.metrics import summarize_counts, summarize_rounds
 
 
 def test_scripted_run():
@@ -22,3 +22,17 @@ def test_empty_and_impossible_rounds():
         summarize_rounds([(5, 1)], k=4)
     with pytest.raises(ValueError, match="at least 1"):
         summarize_rounds([], k=0)
+
+
+def test_counts_give_the_same_figures_as_rounds_that_draft_k():
+    rounds = [(3, 3), (3, 0), (3, 1), (3, 2), (3, 1)]
+    # rounds with the first 1, 2, 3 drafts accepted: 4, 2, 1
+    assert summarize_counts(5, 15, 7, [4, 2, 1], k=3) == summarize_rounds(rounds, k=3)
+    assert summarize_counts(0, 0, 0, [0, 0], k=2)["acceptance_rate"] is None
+
+
+def test_impossible_counts():
+    for args in [(5, 15, 7, [4, 2], 3), (5, 15, 8, [4, 2, 1], 3), (2, 6, 5, [3, 1, 1], 3), (2, 6, 3, [1, 2, 0], 3),
+                 (2, 7, 3, [2, 1, 0], 3)]:
+        with pytest.raises(ValueError, match="impossible"):
+            summarize_counts(*args[:4], k=args[4])

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import torch
 
 from xtok.registry import DRAFT_BACKENDS
-from xtok.speculative.metrics import summarize_rounds
+from xtok.speculative.inputs import check_request, tokenize_prompts
+from xtok.speculative.metrics import draft_check_result, summarize_rounds
 
 log = logging.getLogger(__name__)
 
@@ -52,38 +53,28 @@ def record_rounds(model) -> Iterator[list[tuple[int, int]]]:
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
-@DRAFT_BACKENDS.register("hf", help="transformers assisted generation (batch size 1), counts from its candidate generator")
+@DRAFT_BACKENDS.register("hf", help="transformers assisted generation (batch size 1), counts from its candidate generator",
+                         takes="models")
 def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, max_new_tokens: int,
                    drafter_tokenizer=None, progress: bool = False) -> dict:
     """Greedy generation with and without the drafter on each prompt: acceptance, speed-up, losslessness.
 
     ``drafter_tokenizer`` set = the cross-tokenizer baseline (Universal Assisted Generation).
     """
-    if k < 1:
-        raise ValueError(f"k={k} must be at least 1 draft token")
-    if not prompts:
-        raise ValueError("no prompts: give a prompt file with at least one document")
-    if drafter_tokenizer is None and target.config.vocab_size != drafter.config.vocab_size:
-        raise ValueError(
-            f"drafter vocab_size {drafter.config.vocab_size} != target vocab_size {target.config.vocab_size}: "
-            "transplant the drafter to the target's tokenizer first (xtok transplant), or run the cross-tokenizer "
-            "baseline (--cross-tokenizer)"
-        )
+    cross = drafter_tokenizer is not None
+    check_request(k, prompts, target.config.vocab_size, drafter.config.vocab_size, cross)
     gc = drafter.generation_config
     gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = k, "constant", 0.0
-    ctx = getattr(target.config, "max_position_embeddings", None)
-    extra = {"tokenizer": tokenizer, "assistant_tokenizer": drafter_tokenizer} if drafter_tokenizer is not None else {}
+    prompt_ids = tokenize_prompts(tokenizer, prompts, max_new_tokens, getattr(target.config, "max_position_embeddings", None))
+    extra = {"tokenizer": tokenizer, "assistant_tokenizer": drafter_tokenizer} if cross else {}
     all_rounds: list[tuple[int, int]] = []
     plain_s = spec_s = 0.0
     plain_tokens = spec_tokens = 0
     mismatched = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    for i, prompt in enumerate(prompts):
-        ids = tokenizer(prompt, return_tensors="pt")
-        n = ids["input_ids"].shape[1]
-        if ctx is not None and n + max_new_tokens > ctx:
-            raise ValueError(f"prompt {i} has {n} tokens; with {max_new_tokens} new tokens it exceeds the context ({ctx}); "
-                             "shorten the prompts or --max-new-tokens")
+    for i, ids in enumerate(prompt_ids):
+        n = len(ids)
+        ids = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, n, dtype=torch.long)}
         with torch.no_grad():
             t0 = time.perf_counter()
             plain = target.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=pad, **GREEDY)
@@ -100,11 +91,8 @@ def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, ma
             mismatched.append(i)
         if progress:
             log.info("prompt %d/%d: %d rounds", i + 1, len(prompts), len(rounds))
-    stats = summarize_rounds(all_rounds, k)
-    plain_tps, spec_tps = plain_tokens / plain_s, spec_tokens / spec_s
-    return {
-        **stats, "k": k, "prompts": len(prompts), "max_new_tokens": max_new_tokens,
-        "tokens_per_second_target_alone": plain_tps, "tokens_per_second_with_drafter": spec_tps,
-        "speedup": spec_tps / plain_tps, "lossless": not mismatched, "mismatched_prompts": mismatched,
-        "cross_tokenizer": drafter_tokenizer is not None,
-    }
+    # UAG re-tokenizes the drafter's k tokens into the target's vocabulary: a round can hold more than k of those.
+    positions = max([k, *(d for d, _ in all_rounds)])
+    return draft_check_result(summarize_rounds(all_rounds, positions), k=k, prompts=len(prompts), max_new_tokens=max_new_tokens,
+                              plain_tokens=plain_tokens, plain_s=plain_s, spec_tokens=spec_tokens, spec_s=spec_s,
+                              mismatched=mismatched, cross_tokenizer=cross)

@@ -30,3 +30,36 @@ def summarize_rounds(rounds: list[tuple[int, int]], k: int) -> dict:
         "mean_acceptance_length": 1 + accepted / len(rounds) if rounds else None,
         "acceptance_per_position": per_position,
     }
+
+
+def summarize_counts(rounds: int, drafted: int, accepted: int, accepted_per_position: list[int], k: int) -> dict:
+    """The same figures from totals (what vLLM's counters give): ``accepted_per_position[i]`` = rounds whose
+    first i+1 drafts were accepted. Per position it divides by all rounds, which equals summarize_rounds
+    when every round drafts k tokens (vLLM's draft model always does)."""
+    if k < 1:
+        raise ValueError(f"k={k} must be at least 1")
+    per = list(accepted_per_position)
+    non_increasing = all(a >= b >= 0 for a, b in zip([rounds, *per], per))
+    if len(per) != k or sum(per) != accepted or not non_increasing or not accepted <= drafted <= k * rounds:
+        raise ValueError(f"counts rounds={rounds}, drafted={drafted}, accepted={accepted}, per position={per} "
+                         f"are impossible with k={k}")
+    return {
+        "rounds": rounds,
+        "drafted_tokens": drafted,
+        "accepted_tokens": accepted,
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "mean_acceptance_length": 1 + accepted / rounds if rounds else None,
+        "acceptance_per_position": [a / rounds if rounds else None for a in per],
+    }
+
+
+def draft_check_result(stats: dict, *, k: int, prompts: int, max_new_tokens: int, plain_tokens: int, plain_s: float,
+                       spec_tokens: int, spec_s: float, mismatched: list[int], cross_tokenizer: bool) -> dict:
+    """One backend's answer: acceptance figures, tokens/s with and without drafting, and losslessness."""
+    plain_tps, spec_tps = plain_tokens / plain_s, spec_tokens / spec_s
+    return {
+        **stats, "k": k, "prompts": prompts, "max_new_tokens": max_new_tokens,
+        "tokens_per_second_target_alone": plain_tps, "tokens_per_second_with_drafter": spec_tps,
+        "speedup": spec_tps / plain_tps, "lossless": not mismatched, "mismatched_prompts": mismatched,
+        "cross_tokenizer": cross_tokenizer,
+    }

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from xtok.config import DraftCheckConfig
 from xtok.corpus import load_corpus
-from xtok.models.load import load_model
+from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import DRAFT_BACKENDS
 from xtok.utils.io import provenance, write_json
 
@@ -30,13 +30,21 @@ def corpus_prompts(spec: str, n: int, chars: int) -> list[str]:
     return out
 
 
-def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, out: str | Path | None = None) -> dict:
+def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, out: str | Path | None = None,
+                    progress: bool = False) -> dict:
+    """Each backend gets what its registry entry ``takes``: loaded models, or model folders it loads itself."""
     backend = DRAFT_BACKENDS.get(cfg.backend)
     prompts = corpus_prompts(cfg.prompts, cfg.num_prompts, cfg.prompt_chars)
-    target, tok = load_model(cfg.target, cache_dir, dtype=cfg.dtype)
-    drafter, d_tok = load_model(cfg.drafter, cache_dir, dtype=cfg.dtype)
+    if DRAFT_BACKENDS.meta(cfg.backend).get("takes") == "folders":
+        target, drafter = resolve_model(cfg.target, cache_dir), resolve_model(cfg.drafter, cache_dir)
+        tok, d_tok = load_tokenizer(target), load_tokenizer(drafter)
+        options = {"dtype": cfg.dtype}
+    else:
+        target, tok = load_model(cfg.target, cache_dir, dtype=cfg.dtype)
+        drafter, d_tok = load_model(cfg.drafter, cache_dir, dtype=cfg.dtype)
+        options = {}
     res = backend(target, drafter, tok, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
-                  drafter_tokenizer=d_tok if cfg.cross_tokenizer else None)
+                  drafter_tokenizer=d_tok if cfg.cross_tokenizer else None, progress=progress, **options)
     res.update(target=cfg.target, drafter=cfg.drafter, backend=cfg.backend)
     if out is not None:
         write_json(out, {"result": res, "provenance": provenance(cfg)})

