@@ -60,4 +60,6 @@ def test_models_list_and_ls():
     res = xtok("models", "list")
     assert res.returncode == 0 and "qwen2.5-coder-0.5b" in res.stdout
     res = xtok("ls")
-    assert res.returncode == 0 and "recipes:" in res.stdout
+    assert res.returncode == 0 and "recipes (xtok run RECIPE" in res.stdout
+    for name in ("end_to_end", "ensemble", "align", "forward_kl", "uld", "vllm", "logprob", "tokalign"):
+        assert name in res.stdout, name
