@@ -45,6 +45,21 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _config_from_options(recipe: str, config: str | None, given: dict, required: tuple[str, ...], data: dict | None = None):
+    """A recipe config from an optional YAML with the command's options (those given, not None) over it."""
+    from xtok.config import RECIPE_SCHEMAS, config_from_dict, load_config
+
+    base = load_config(config, recipe=recipe).model_dump() if config else {"recipe": recipe}
+    base.update({key: value for key, value in given.items() if value is not None})
+    if data is not None:  # the data section: the schema's default, the YAML's, then the options given
+        default = RECIPE_SCHEMAS[recipe].model_fields["data"].default.model_dump()
+        base["data"] = {**default, **base.get("data", {}), **{key: value for key, value in data.items() if value is not None}}
+    for key in required:
+        if not base.get(key):
+            raise ValueError(f"missing --{key}")
+    return config_from_dict(base, "command line")
+
+
 @models_app.command("list")
 def models_list() -> None:
     """Catalogue models: names, sizes, vocabularies, whether installed and converted."""
@@ -144,19 +159,13 @@ def transplant_cmd(
     config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
 ) -> None:
     """Give STUDENT the TEACHER's tokenizer: shared tokens copied, new ones by OMP (or another method)."""
-    from xtok.config import config_from_dict, load_config
     from xtok.transplant.run import run_transplant
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "overwrite": overwrite}
     try:
-        base = load_config(config, recipe="transplant").model_dump() if config else {"recipe": "transplant"}
-        base.update({key: value for key, value in given.items() if value is not None})
-        for key in ("student", "teacher"):
-            if not base.get(key):
-                raise ValueError(f"missing --{key}")
-        cfg = config_from_dict(base, "command line")
+        cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
@@ -216,21 +225,13 @@ def align_cmd(
 ) -> None:
     """Map every TARGET token to a SOURCE token by TokAlign (co-occurrence vectors related through shared pivots)."""
     from xtok.align.run import run_align
-    from xtok.config import config_from_dict, load_config
 
     given = {"source": source, "target": target, "out": str(out) if out else None, "embedding": embedding, "dims": dims,
              "window": window, "min_count": min_count, "pivots": pivots, "fallback": fallback, "apply": apply,
              "method": method, "head_method": head_method, "overwrite": overwrite}
     data = {"spec": corpus, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars}
     try:
-        base = load_config(config, recipe="align").model_dump() if config else {"recipe": "align"}
-        base.update({key: value for key, value in given.items() if value is not None})
-        base["data"] = {"spec": "bundled:train", **base.get("data", {}),
-                        **{key: value for key, value in data.items() if value is not None}}
-        for key in ("source", "target"):
-            if not base.get(key):
-                raise ValueError(f"missing --{key}")
-        cfg = config_from_dict(base, "command line")
+        cfg = _config_from_options("align", config, given, ("source", "target"), data)
         folder, report = run_align(cfg, State.cache_dir)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
