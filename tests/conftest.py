@@ -44,7 +44,8 @@ def tiny_config(arch: str, vocab_size: int, tokenizer=None, **overrides):
     if arch == "qwen2":
         return Qwen2Config(tie_word_embeddings=kwargs.pop("tie_word_embeddings", False), **kwargs)
     if arch == "gemma3":
-        return Gemma3TextConfig(head_dim=16, tie_word_embeddings=True, sliding_window=64, **kwargs)
+        return Gemma3TextConfig(head_dim=16, tie_word_embeddings=kwargs.pop("tie_word_embeddings", True), sliding_window=64,
+                                    **kwargs)
     raise ValueError(arch)
 
 

@@ -93,3 +93,40 @@ def test_clear_errors(real_tokenizer, tmp_path):
     batch["labels"][:] = -100
     with pytest.raises(ValueError, match="step 0: the batch has no target tokens"):
         trainer.compute_loss(student, batch)
+
+
+@pytest.mark.parametrize("arch,name,extra", [("llama", "smollm2-135m", {}),
+                                             ("qwen2", "qwen2.5-coder-0.5b", {"tie_word_embeddings": False}),
+                                             ("gemma3", "gemma3-270m", {"final_logit_softcapping": 3.0})])
+@pytest.mark.parametrize("teacher_kind", ["online", "topk", "none"])
+def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokenizer, tmp_path, arch, name, extra,
+                                                                     teacher_kind):
+    """The per-chunk checkpointed head (the default) against the model's own full logits: same loss, same gradients,
+    with chunks that split the sequence unevenly and one chunk that is masked out entirely; tied and untied heads,
+    and Gemma's logit soft-capping."""
+    from xtok.distill.teacher_cache import teacher_topk
+
+    tok = real_tokenizer(name)
+    teacher = build_tiny(arch, tok, seed=1)
+    ds = _data(tok, ["hello there world, and more words to fill it", "x"], 11)
+    batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
+    batch["labels"][:, 3:6] = -100
+    if teacher_kind == "topk":
+        topk = teacher_topk(teacher, batch["input_ids"], 5, batch_size=2)
+        batch |= {"teacher_topk_logprobs": topk[0], "teacher_topk_ids": topk[1].long()}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    results = []
+    for fused in (True, False):
+        student = build_tiny(arch, tok, seed=2, **extra)
+        trainer = DistillTrainer(model=student, args=args, train_dataset=ds, loss="ce" if teacher_kind == "none" else "jsd",
+                                 teacher=teacher if teacher_kind == "online" else None, beta=0.3, ce_weight=0.25,
+                                 loss_chunk=3, fused_head=fused)
+        loss = trainer.compute_loss(student, dict(batch))
+        loss.backward()
+        assert trainer.fused_head is fused  # the check against the model's own logits passed
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()}))
+    (l_fused, g_fused), (l_full, g_full) = results
+    torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
+    assert g_fused.keys() == g_full.keys()
+    for n in g_full:
+        torch.testing.assert_close(g_fused[n], g_full[n], rtol=1e-4, atol=1e-6)

@@ -72,3 +72,18 @@ def test_draft_check_cli_json(tiny_model_dir, tmp_path):
     assert bad.returncode == 2 and "transplant the drafter" in " ".join(bad.stderr.split())
     bad = xtok("draft-check", "--target", str(folder), "--drafter", str(folder), "--backend", "telepathy")
     assert bad.returncode == 2 and "unknown drafter backend" in " ".join(bad.stderr.split())
+
+
+def test_cross_tokenizer_rounds_can_exceed_k(pair, real_tokenizer):
+    """UAG re-tokenizes each drafted token into the target's vocabulary, so one round can verify more than k
+    tokens; the figures must count every position (not fail on "impossible" rounds) and stay lossless."""
+    tok, target = pair
+    qwen = real_tokenizer("qwen2.5-coder-0.5b")
+    drafter = build_tiny("qwen2", qwen, seed=5, tie_word_embeddings=False)
+    with record_rounds(target) as rounds:
+        res = hf_draft_check(target, drafter, tok, PROMPTS, k=1, max_new_tokens=10, drafter_tokenizer=qwen)
+    longest = max(d for d, _ in rounds)
+    assert longest > 1, rounds  # the case under test happened
+    assert res["lossless"] and res["cross_tokenizer"]
+    assert len(res["acceptance_per_position"]) == longest
+    assert res["drafted_tokens"] == sum(d for d, _ in rounds) and res["rounds"] == len(rounds)

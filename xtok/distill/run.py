@@ -106,7 +106,8 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     trainer = DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, teacher=teacher,
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
-                             sample_temperature=cfg.on_policy.temperature, callbacks=list(callbacks))
+                             sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
+                             callbacks=list(callbacks))
     ckpt = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if ckpt:
         log.info("%s: resuming from %s", stage_name(i, stage), ckpt)

@@ -5,15 +5,26 @@ Being a plain Trainer, checkpoints, resume, ``report_to``, gradient accumulation
 and divided by the number of target positions of the *whole* accumulated batch
 (``num_items_in_batch``), so accumulating 4 micro-batches equals one batch of 4 even when the
 micro-batches hold different numbers of tokens.
+
+The output head is applied chunk by chunk over the sequence inside activation checkpoints
+(``fused_head``): the model's forward returns only its final hidden states, and each chunk's logits,
+log-softmax and divergence are recomputed in backward. So the student's (B, T, V) logits, their
+log-softmax and their gradient never exist in memory (V is 151,936 for the Qwen vocabulary).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+
 import torch
+from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
 from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
 from xtok.registry import LOSSES
+
+log = logging.getLogger(__name__)
 
 
 def check_same_vocab(student, teacher) -> None:
@@ -31,7 +42,7 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
-                 sample_temperature: float = 1.0, **kwargs):
+                 sample_temperature: float = 1.0, fused_head: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= on_policy <= 1.0:
             raise ValueError(f"on_policy={on_policy} is a probability (GKD's lambda); use a value in [0, 1]")
@@ -49,6 +60,8 @@ class DistillTrainer(Trainer):
         self.teacher, self.loss_name = teacher, loss
         self.beta, self.temperature, self.ce_weight, self.loss_chunk = beta, temperature, ce_weight, loss_chunk
         self.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated token count itself
+        # uld aligns whole sequences of two tokenizations: it takes the full logits
+        self.fused_head = fused_head and LOSSES.meta(loss).get("same_vocab", True)
 
     def _coin(self) -> bool:
         """Whether this optimizer step is on-policy; a function of (seed, step), so a resumed run draws the same."""
@@ -92,18 +105,60 @@ class DistillTrainer(Trainer):
         with torch.no_grad():
             return self.teacher(**fwd).logits[:, :-1]  # (B, T-1, V)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"]  # (B, T), -100 where nothing is predicted
-        fwd = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
-        outputs = model(**fwd)
-        mask = labels[:, 1:] != -100  # position t predicts token t+1
-        s_logits = outputs.logits[:, :-1]  # (B, T-1, V)
-        targets = labels[:, 1:].clamp_min(0)
-        total, count = self.loss_fn(s_logits, self._teacher_view(inputs, fwd), mask, labels=targets, beta=self.beta,
+    def _loss(self, s_logits, teacher, mask, targets):
+        """(summed loss, counted positions) of student logits (B, t, V) against the teacher's view of them."""
+        total, count = self.loss_fn(s_logits, teacher, mask, labels=targets, beta=self.beta,
                                     temperature=self.temperature, chunk=self.loss_chunk)
         if self.ce_weight and self.needs_teacher:
             ce, _ = cross_entropy_sum(s_logits, targets, mask, chunk=self.loss_chunk)
             total = (1 - self.ce_weight) * total + self.ce_weight * ce
+        return total, count
+
+    def _chunk_loss(self, hidden, teacher, mask, targets, head):
+        return self._loss(head(hidden), teacher, mask, targets)[0]
+
+    def _fused_loss(self, model, inputs, fwd, mask, targets):
+        """The loss with the head applied per chunk of positions under checkpointing; None when the model's logits
+        are not its head applied to its last hidden state (then the caller takes the model's own logits)."""
+        outputs = model(**fwd, output_hidden_states=True, logits_to_keep=1)
+        hidden = outputs.hidden_states[-1]  # (B, T, H), after the final norm
+        unwrapped = self.accelerator.unwrap_model(model)
+        linear, cap = unwrapped.get_output_embeddings(), getattr(unwrapped.config, "final_logit_softcapping", None)
+
+        def head(h):
+            logits = linear(h)
+            return logits if not cap else torch.tanh(logits / cap) * cap
+
+        with torch.no_grad():  # the model's own last-position logits check that head(hidden) is what it computes
+            same = torch.allclose(head(hidden[:, -1:]).float(), outputs.logits[:, -1:].float(), rtol=1e-4, atol=1e-4)
+        if not same:
+            log.warning("%s's logits are not its output head applied to its last hidden state; computing the loss "
+                        "from the full logits instead (more memory)", type(unwrapped).__name__)
+            self.fused_head = False
+            return None
+        teacher, hidden = self._teacher_view(inputs, fwd), hidden[:, :-1]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, hidden.shape[1], self.loss_chunk):
+            pos = slice(s, s + self.loss_chunk)
+            if not mask[:, pos].any():
+                continue
+            part = teacher if teacher is None else (TeacherTopK(teacher.logprobs[:, pos], teacher.ids[:, pos])
+                                                     if isinstance(teacher, TeacherTopK) else teacher[:, pos])
+            fn = functools.partial(self._chunk_loss, teacher=part, mask=mask[:, pos], targets=targets[:, pos], head=head)
+            total = total + checkpoint(fn, hidden[:, pos], use_reentrant=False)
+        return total, mask.sum(), outputs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]  # (B, T), -100 where nothing is predicted
+        fwd = {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+        mask = labels[:, 1:] != -100  # position t predicts token t+1
+        targets = labels[:, 1:].clamp_min(0)
+        fused = self._fused_loss(model, inputs, fwd, mask, targets) if self.fused_head and not return_outputs else None
+        if fused is not None:
+            total, count, outputs = fused
+        else:
+            outputs = model(**fwd)
+            total, count = self._loss(outputs.logits[:, :-1], self._teacher_view(inputs, fwd), mask, targets)
         denom = num_items_in_batch if num_items_in_batch is not None else count
         step = self.state.global_step
         if int(denom) == 0:

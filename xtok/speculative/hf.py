@@ -25,6 +25,7 @@ def record_rounds(model) -> Iterator[list[tuple[int, int]]]:
     """
     rounds: list[tuple[int, int]] = []
     original = model._get_candidate_generator
+    shadowed = model.__dict__.get("_get_candidate_generator")  # an enclosing record_rounds, restored on exit
 
     def patched(*args, **kwargs):
         gen = original(*args, **kwargs)
@@ -47,7 +48,10 @@ def record_rounds(model) -> Iterator[list[tuple[int, int]]]:
     try:
         yield rounds
     finally:
-        del model._get_candidate_generator
+        if shadowed is None:
+            del model._get_candidate_generator
+        else:
+            model._get_candidate_generator = shadowed
 
 
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
