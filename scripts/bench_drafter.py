@@ -6,7 +6,8 @@
 For each backend (hf: transformers assisted generation; vllm: vLLM draft_model) and each k, the
 target generates greedily without and with the drafter on the same held-out prompts, one request at
 a time: (a) the untouched drafter keeps its own tokenizer (hf: Universal Assisted Generation, vllm:
-use_heterogeneous_vocab); (b) the drafter transplanted to the target's tokenizer (xtok transplant).
+use_heterogeneous_vocab); (b) the drafter transplanted to the target's tokenizer (xtok transplant);
+(c) with --distilled, the transplanted drafter after token-level distillation (xtok distill).
 Runs go one after another, never in parallel. Writes bench/results/drafter.json.
 """
 
@@ -30,6 +31,8 @@ def main() -> None:
     ap.add_argument("--target", default="qwen2.5-coder-0.5b")
     ap.add_argument("--untouched", default="smollm2-135m", help="the drafter with its own tokenizer")
     ap.add_argument("--transplanted", required=True, help="the drafter given the target's tokenizer (xtok transplant)")
+    ap.add_argument("--distilled", default=None,
+                    help="optional: the transplanted drafter after `xtok distill` (e.g. an end-to-end run's distill/)")
     ap.add_argument("--backends", nargs="+", default=["hf", "vllm"])
     ap.add_argument("--k", nargs="+", type=int, default=[2, 4])
     ap.add_argument("--num-prompts", type=int, default=4)
@@ -44,6 +47,8 @@ def main() -> None:
                            "max_new_tokens": args.max_new_tokens, "prompts": "bundled:eval", "dtype": "float32"},
               "runs": []}
     drafters = {"untouched": (args.untouched, True), "transplanted": (args.transplanted, False)}
+    if args.distilled:
+        drafters["distilled"] = (args.distilled, False)
     started = time.perf_counter()
     print(" | ".join(COLUMNS), flush=True)
     for backend in args.backends:

@@ -50,12 +50,15 @@ def test_recovers_exact_sparse_combinations():
 
 
 def test_exact_target_with_spare_iterations_stays_finite():
+    """Reproduced after 2 of 4 steps: the support repeats an atom and the final least squares is rank deficient
+    (LAPACK's gelsy got this wrong about 3 times in 100, so the check runs many times)."""
     atoms = torch.eye(8)
     x = torch.tensor([[1.0, 2.0, 0, 0, 0, 0, 0, 0]])
-    idx, coef = batch_omp(x, atoms, 4)
-    recon = coef @ atoms[idx[0]]
-    torch.testing.assert_close(recon[0], x[0])
-    assert torch.isfinite(coef).all()
+    for _ in range(200):
+        idx, coef = batch_omp(x, atoms, 4)
+        recon = coef @ atoms[idx[0]]
+        torch.testing.assert_close(recon[0], x[0])
+        assert torch.isfinite(coef).all()
 
 
 def test_chunking_does_not_change_results():

@@ -29,9 +29,14 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 
 def _refit(x: torch.Tensor, atoms: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
-    """Coefficients by a float64 least-squares solve on each final support (QR with pivoting; exact reference)."""
+    """Coefficients by a float64 least-squares solve on each final support (SVD: the minimum-norm solution).
+
+    A support can repeat an atom (a target reproduced exactly before k steps), so the system can be rank
+    deficient; LAPACK's gelsy (pivoted QR) then returns a wrong solution now and then (seen: 3 runs in 100
+    dropped a needed atom), gelsd does not.
+    """
     a = atoms[support].double().transpose(1, 2)  # (B, d, k)
-    return torch.linalg.lstsq(a, x.double().unsqueeze(-1), driver="gelsy").solution.squeeze(-1).float()
+    return torch.linalg.lstsq(a, x.double().unsqueeze(-1), driver="gelsd").solution.squeeze(-1).float()
 
 
 def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
