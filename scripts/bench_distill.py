@@ -7,7 +7,8 @@ speed: the same student, teacher, packed code sequences, batch, sequence length 
 training, each trainer in a fresh child process (so peak RSS is its own): xtok with the offline
 top-k teacher cache (built in the same process, teacher freed before training: what `xtok distill`
 does), xtok with the online teacher, and TRL's GKDTrainer (``trl.experimental.gkd``, lmbda=0 =
-off-policy, beta=0 = forward KL, the same loss as ours). tokens/s counts trained tokens per
+off-policy, beta=0 = forward KL, the same loss as ours); xtok-cache-unfused is xtok-cache computing
+the loss from the model's full logits instead of the per-chunk checkpointed head. tokens/s counts trained tokens per
 second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss.
 quality: held-out bits per byte per eval domain of (a) the transplanted student, (b) + stage 1
 (embeddings and head) with KL, (c) + stages 1-2 with KL, (d) + stages 1-2 with plain cross-entropy
@@ -33,7 +34,8 @@ import torch
 from xtok.config import DataConfig, config_from_dict
 from xtok.utils.io import machine_info, package_versions, write_json
 
-VARIANTS = ("xtok-cache", "xtok-online", "trl-gkd")
+# xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)
+VARIANTS = ("xtok-cache", "xtok-cache-unfused", "xtok-online", "trl-gkd")
 
 
 class StepTimer:
@@ -73,13 +75,13 @@ def child(args) -> dict:
                   per_device_train_batch_size=args.batch_size, report_to=[], use_cpu=True, save_strategy="no",
                   logging_strategy="no", disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False, seed=0)
     cache_seconds = None
-    if args.child == "xtok-cache":
+    if args.child.startswith("xtok-cache"):
         t0 = time.perf_counter()
         topk = teacher_topk(teacher, blocks, args.top_k, batch_size=args.batch_size)
         cache_seconds = time.perf_counter() - t0
         del teacher
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks, topk),
-                                 loss="forward_kl", callbacks=[timer.callback])
+                                 loss="forward_kl", fused_head=args.child == "xtok-cache", callbacks=[timer.callback])
     elif args.child == "xtok-online":
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks),
                                  teacher=teacher, loss="forward_kl", callbacks=[timer.callback])
@@ -105,8 +107,8 @@ def child(args) -> dict:
 def add_ratios(rows: dict) -> None:
     """Each row against TRL's: tokens/s and peak RSS, and tokens/s with the teacher cache's build time counted
     as if a single pass over the data had to pay for it (the cache is reused by every later epoch and stage)."""
-    peer = rows["trl-gkd"]
-    for row in rows.values():
+    peer = rows.get("trl-gkd")
+    for row in rows.values() if peer else ():
         steps = row["step_seconds"]
         tokens_per_step = row["tokens_per_second"] * sum(steps[1:]) / len(steps[1:])
         once = sum(steps[1:]) + (row["teacher_cache_seconds"] or 0) * len(steps[1:]) / len(steps)

@@ -167,8 +167,9 @@ class DistillConfig(Strict):
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")
     report_to: list[str] = Field(default_factory=list, description="Trainer report_to, e.g. [tensorboard]")
     loss_chunk: int = Field(128, ge=1, description="positions per chunk of the loss (bounds the float32 copies)")
-    fused_head: bool = Field(True, description="apply the output head per loss chunk, recomputed in backward, so the "
-                             "(B, T, V) logits never exist; false = the model's own full logits (uld always)")
+    fused_head: bool = Field(False, description="apply the output head per loss chunk, recomputed in backward, so "
+                             "the (B, T, V) logits never exist (for large batch x sequence x vocab; one more head pass; "
+                             "not for uld)")
     overwrite: bool = False
 
 

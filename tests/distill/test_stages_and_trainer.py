@@ -34,12 +34,12 @@ def _data(tok, texts, length):
                               "labels": labels.tolist()})
 
 
-def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum):
+def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum, fused=False):
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=bs, gradient_accumulation_steps=accum,
                              max_steps=1, learning_rate=0.0, report_to=[], use_cpu=True, save_strategy="no",
                              logging_strategy="no", dataloader_drop_last=False, seed=0, data_seed=0)
     grads = {}
-    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher)
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, fused_head=fused)
     trainer.train_dataset = ds
     hook = [p.register_hook(lambda g, n=n: grads.__setitem__(n, grads.get(n, 0) + g.clone()))
             for n, p in student.named_parameters() if p.requires_grad]
@@ -51,13 +51,14 @@ def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum):
     return grads
 
 
-def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path, fused):
     """Two micro-batches with different token counts accumulate to the gradient of the one full batch."""
     tok = real_tokenizer("smollm2-135m")
     teacher = build_tiny("llama", tok, seed=1)
     ds = _data(tok, ["a short one", "a much longer second sentence with many more tokens in it, really"], 24)
     g_full = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "a", bs=2, accum=1)
-    g_acc = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "b", bs=1, accum=2)
+    g_acc = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "b", bs=1, accum=2, fused=fused)
     assert g_full.keys() == g_acc.keys()
     for n in g_full:
         torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-6)

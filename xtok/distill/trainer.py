@@ -6,10 +6,12 @@ and divided by the number of target positions of the *whole* accumulated batch
 (``num_items_in_batch``), so accumulating 4 micro-batches equals one batch of 4 even when the
 micro-batches hold different numbers of tokens.
 
-The output head is applied chunk by chunk over the sequence inside activation checkpoints
-(``fused_head``): the model's forward returns only its final hidden states, and each chunk's logits,
+With ``fused_head`` the output head is applied chunk by chunk over the sequence inside activation
+checkpoints: the model's forward returns only its final hidden states, and each chunk's logits,
 log-softmax and divergence are recomputed in backward. So the student's (B, T, V) logits, their
-log-softmax and their gradient never exist in memory (V is 151,936 for the Qwen vocabulary).
+log-softmax and their gradient never exist in memory (V is 151,936 for the Qwen vocabulary). It costs
+one more pass of the head and the loss; off by default (on a CPU at 2 x 256 tokens it is slower and
+saves little, see bench/results/distill*.json), worth it where B x T x V is large.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
-                 sample_temperature: float = 1.0, fused_head: bool = True, **kwargs):
+                 sample_temperature: float = 1.0, fused_head: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= on_policy <= 1.0:
             raise ValueError(f"on_policy={on_policy} is a probability (GKD's lambda); use a value in [0, 1]")
