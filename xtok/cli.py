@@ -121,6 +121,7 @@ def eval_cmd(
     from xtok.config import config_from_dict
     from xtok.eval.report import print_tables
     from xtok.eval.run import run_eval
+    from xtok.utils.io import default_output
 
     try:
         cfg = config_from_dict({
@@ -128,8 +129,7 @@ def eval_cmd(
             "data": {"spec": data, "domains": domains or None, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars},
             "eval": {"window": window, "overlap": overlap, "batch_tokens": batch_tokens, "dtype": dtype},
         }, "command line")
-        slug = "+".join(Path(m).name for m in models)[:120]
-        out = out or Path("xtok-out") / "eval" / f"{slug}.json"
+        out = out or default_output("eval", models)
         results = run_eval(cfg, State.cache_dir, out, progress=not as_json)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
@@ -259,12 +259,13 @@ def draft_check_cmd(
     """Acceptance rate, mean acceptance length, per-position acceptance, speed-up, and greedy losslessness."""
     from xtok.config import config_from_dict
     from xtok.speculative.run import run_draft_check
+    from xtok.utils.io import default_output
 
     try:
         cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts, "k": k,
                                 "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
                                 "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
-        out = out or Path("xtok-out") / "draft-check" / f"{Path(drafter).name}.json"
+        out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
@@ -300,13 +301,14 @@ def ensemble_cmd(
     from xtok.config import config_from_dict
     from xtok.ensemble.run import run_ensemble
     from xtok.eval.report import print_tables
+    from xtok.utils.io import default_output
 
     try:
         cfg = config_from_dict({"recipe": "ensemble", "models": models, "weights": weights or None, "mode": mode,
                                 "data": {"spec": data, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars},
                                 "eval": {"window": window, "overlap": min(256, window // 4)}, "prompt": prompt},
                                "command line")
-        out = out or Path("xtok-out") / "ensemble" / ("+".join(Path(m).name for m in models)[:120] + ".json")
+        out = out or default_output("ensemble", models)
         res = run_ensemble(cfg, State.cache_dir, out, progress=not as_json)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)

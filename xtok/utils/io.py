@@ -76,6 +76,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return path
 
 
+def default_output(kind: str, names: list[str]) -> Path:
+    """Where a command writes its JSON when no output is given: xtok-out/KIND/<names joined by +>.json."""
+    return Path("xtok-out") / kind / ("+".join(Path(n).name for n in names)[:120] + ".json")
+
+
 def write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
