@@ -2,6 +2,8 @@
 
     .venv/bin/xtok transplant --student smollm2-135m --teacher qwen2.5-coder-0.5b --out /tmp/smol-qwen
     .venv/bin/python scripts/bench_drafter.py --transplanted /tmp/smol-qwen
+    # later, once `xtok distill` has run: add its rows to the same file, same settings
+    .venv/bin/python scripts/bench_drafter.py --kinds distilled --distilled DIR --append
 
 For each backend (hf: transformers assisted generation; vllm: vLLM draft_model) and each k, the
 target generates greedily without and with the drafter on the same held-out prompts, one request at
@@ -14,6 +16,7 @@ Runs go one after another, never in parallel. Writes bench/results/drafter.json.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -24,13 +27,14 @@ from xtok.utils.io import machine_info, package_versions, write_json
 
 COLUMNS = ("backend", "drafter_kind", "k", "acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone",
            "tokens_per_second_with_drafter", "speedup", "lossless")
+KINDS = ("untouched", "transplanted", "distilled")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--target", default="qwen2.5-coder-0.5b")
     ap.add_argument("--untouched", default="smollm2-135m", help="the drafter with its own tokenizer")
-    ap.add_argument("--transplanted", required=True, help="the drafter given the target's tokenizer (xtok transplant)")
+    ap.add_argument("--transplanted", default=None, help="the drafter given the target's tokenizer (xtok transplant)")
     ap.add_argument("--distilled", default=None,
                     help="optional: the transplanted drafter after `xtok distill` (e.g. an end-to-end run's distill/)")
     ap.add_argument("--backends", nargs="+", default=["hf", "vllm"])
@@ -38,18 +42,38 @@ def main() -> None:
     ap.add_argument("--num-prompts", type=int, default=4)
     ap.add_argument("--prompt-chars", type=int, default=256)
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                    help="which drafters to run (distilled needs --distilled)")
+    ap.add_argument("--append", action="store_true",
+                    help="add these runs to an existing --out written with the same settings (e.g. --kinds distilled "
+                         "after a run without --distilled); greedy acceptance is deterministic, and each run measures "
+                         "its own target-alone speed")
     ap.add_argument("--out", default="bench/results/drafter.json")
     args = ap.parse_args()
 
-    result = {"machine": machine_info(), "packages": package_versions(),
-              "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
-              "settings": {"target": args.target, "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
-                           "max_new_tokens": args.max_new_tokens, "prompts": "bundled:eval", "dtype": "float32"},
-              "runs": []}
-    drafters = {"untouched": (args.untouched, True), "transplanted": (args.transplanted, False)}
-    if args.distilled:
-        drafters["distilled"] = (args.distilled, False)
-    started = time.perf_counter()
+    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    settings = {"target": args.target, "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
+                "max_new_tokens": args.max_new_tokens, "prompts": "bundled:eval", "dtype": "float32"}
+    if args.append:
+        with open(args.out, encoding="utf-8") as f:
+            result = json.load(f)
+        if result.get("settings") != settings:
+            sys.exit(f"--append: {args.out} was written with settings {result.get('settings')}, not {settings}; "
+                     "rerun with those settings or without --append")
+        result.setdefault("appended_by", []).append({"command": command, "packages": package_versions()})
+    else:
+        result = {"machine": machine_info(), "packages": package_versions(), "command": command,
+                  "settings": settings, "runs": []}
+    paths = {"untouched": (args.untouched, True), "transplanted": (args.transplanted, False),
+             "distilled": (args.distilled, False)}
+    if "distilled" in args.kinds and not args.distilled:
+        if args.kinds != list(KINDS):
+            sys.exit("--kinds distilled needs --distilled DIR (the drafter after `xtok distill`)")
+        args.kinds.remove("distilled")
+    drafters = {kind: paths[kind] for kind in args.kinds}
+    if "transplanted" in drafters and not args.transplanted:
+        sys.exit("--transplanted DIR is required unless --kinds leaves it out (xtok transplant writes it)")
+    started = time.perf_counter() - result.get("total_seconds", 0.0)
     print(" | ".join(COLUMNS), flush=True)
     for backend in args.backends:
         for label, (drafter, cross) in drafters.items():
