@@ -10,7 +10,7 @@ Sections (each merged into --out, so they can run one at a time):
   pivots     holdout top-1/top-5 by number of pivots, on the vectors of the pipeline run
   mapping    the map alone at full size: random 151,936 x dims target and 49,152 x dims source vectors
   quality    bits per byte per eval domain of the source model after init by tokalign, tokalign+omp, omp
-Writes bench/results/align.json.
+Writes bench/results/align.json (another pair: align-SOURCE-TARGET.json).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_transplant import PeakRSS
+from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results
 
 from xtok.align.embed import EmbedOptions
 from xtok.align.mapping import Side, holdout_quality, map_rows, shared_pairs
@@ -118,8 +118,8 @@ def quality_section(args, result, al) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--source", default="smollm2-135m")
-    ap.add_argument("--target", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--source", default=DEFAULT_PAIR[0])
+    ap.add_argument("--target", default=DEFAULT_PAIR[1])
     ap.add_argument("--corpus", default="/work/shared/corpus/train")
     ap.add_argument("--compare-corpus", default="bundled:train", help="corpus of the embedders comparison")
     ap.add_argument("--embedding", default="ppmi-svd")
@@ -135,10 +135,14 @@ def main() -> None:
                     help="input/head init pairs")
     ap.add_argument("--max-docs", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=3000)
-    ap.add_argument("--out", default="bench/results/align.json")
+    ap.add_argument("--out", default=None,
+                    help="default: bench/results/align.json for the default pair, else align-SOURCE-TARGET.json")
     args = ap.parse_args()
     args.quality_methods = [tuple(m.split("/")) for m in args.quality_methods]
+    args.out = args.out or pair_results("align", (args.source, args.target))
     result = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
+    if (result.get("source"), result.get("target")) != (args.source, args.target):
+        result = {}  # another pair's results: start afresh rather than mix the two
     result.update(machine=machine_info(), packages=package_versions(), source=args.source, target=args.target)
     cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     for section in args.sections:

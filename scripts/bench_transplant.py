@@ -33,7 +33,7 @@ import torch
 from xtok.config import config_from_dict
 from xtok.corpus import load_corpus
 from xtok.eval.run import eval_model
-from xtok.models.load import load_model
+from xtok.models.load import load_model, resolve_model
 from xtok.transplant.apply import transplant
 from xtok.transplant.omp import batch_omp, resolve_dtype
 from xtok.utils.io import machine_info, package_versions, write_json
@@ -82,8 +82,8 @@ def timed_omp(x, atoms, k, chunk, dtype, candidates=None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--student", default="smollm2-135m")
-    ap.add_argument("--teacher", default="qwen2.5-coder-0.5b")
+    ap.add_argument("--student", default=DEFAULT_PAIR[0])
+    ap.add_argument("--teacher", default=DEFAULT_PAIR[1])
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--sample", type=int, default=1024, help="new tokens timed (extrapolated to all)")
     ap.add_argument("--chunk", type=int, default=512)
@@ -92,7 +92,8 @@ def main() -> None:
     ap.add_argument("--candidates", nargs="*", type=int, default=[], help="also time OMP restricted to m candidates")
     ap.add_argument("--quality-candidates", type=int, default=None, help="candidates for the quality run's omp")
     ap.add_argument("--sections", nargs="+", default=["speed", "holdout", "quality"],
-                    help="speed, holdout (rebuild hidden shared tokens), quality (bits per byte), head_mass "
+                    help="speed, holdout (rebuild hidden shared tokens), quality (bits per byte), peer_quality "
+                         "(tokensurgeon's output, bits per byte), head_mass "
                          "(probability on new rows where the target is shared); others kept from --out")
     ap.add_argument("--holdout", type=int, default=512, help="shared tokens hidden for the holdout section")
     ap.add_argument("--methods", nargs="*", default=["omp", "focus", "subword", "mean", "randn", "zero"])
@@ -100,8 +101,10 @@ def main() -> None:
     ap.add_argument("--head-method", default=None, help="output-head init for the quality run (default: each method)")
     ap.add_argument("--max-docs", type=int, default=3)
     ap.add_argument("--max-chars", type=int, default=3000)
-    ap.add_argument("--out", default="bench/results/transplant.json")
+    ap.add_argument("--out", default=None,
+                    help="default: bench/results/transplant.json for the default pair, else transplant-STUDENT-TEACHER.json")
     args = ap.parse_args()
+    args.out = args.out or pair_results("transplant", (args.student, args.teacher))
     old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     if old.get("student") != args.student or old.get("teacher") != args.teacher:
         old = {}
@@ -132,11 +135,21 @@ def main() -> None:
         write_json(args.out, result)
     if "quality" in args.sections:
         quality_section(args, result, student, s_tok, teacher, t_tok)
+    if "peer_quality" in args.sections:
+        peer_quality_section(args, result)
     if "head_mass" in args.sections:
         result["head_mass"] = head_mass_section(args, student, s_tok, teacher, t_tok, tmap)
         print(json.dumps(result["head_mass"], indent=1))
         write_json(args.out, result)
     print(f"written {args.out}")
+
+
+DEFAULT_PAIR = ("smollm2-135m", "qwen2.5-coder-0.5b")  # (student or source, teacher or target)
+
+
+def pair_results(kind: str, pair: tuple[str, str]) -> str:
+    """bench/results/KIND.json for the default pair, else KIND-STUDENT-TEACHER.json: one file per pair."""
+    return f"bench/results/{kind}.json" if pair == DEFAULT_PAIR else f"bench/results/{kind}-{pair[0]}-{pair[1]}.json"
 
 
 def head_mass_section(args, student, s_tok, teacher, t_tok, tmap) -> dict:
@@ -232,8 +245,8 @@ def holdout_section(args, student, s_tok, t_tok, donor, tmap) -> dict:
     return out
 
 
-def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
-    """Bits per byte per domain before and after each method (merged into any earlier quality rows)."""
+def quality_data(args, result):
+    """The eval config, data and the quality record (kept when it was measured on the same data)."""
     cfg = config_from_dict({"recipe": "eval", "models": [args.student],
                             "data": {"max_docs_per_domain": args.max_docs, "max_chars_per_doc": args.max_chars}})
     ds = load_corpus(cfg.data.spec, max_docs_per_domain=args.max_docs, max_chars_per_doc=args.max_chars)
@@ -241,11 +254,25 @@ def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
     q = result.get("quality") if (result.get("quality") or {}).get("data") == data_desc else None
     q = q or {"data": data_desc, "bits_per_byte": {}, "transplant_seconds": {}, "settings": {}}
     result["quality"] = q
+    return cfg, ds, q
+
+
+def record_quality(args, result, q, label, model, tok, ds, cfg, seconds: float | None = None) -> None:
+    r = eval_model(model, tok, label, ds, cfg, progress=False)
+    q["bits_per_byte"][label] = {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
+        "overall": r["overall"]["bits_per_byte"]}
+    if seconds is not None:
+        q["transplant_seconds"][label] = round(seconds, 1)
+    print(label, {d: round(v, 3) for d, v in q["bits_per_byte"][label].items()}, flush=True)
+    write_json(args.out, result)
+
+
+def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
+    """Bits per byte per domain before and after each method (merged into any earlier quality rows)."""
+    cfg, ds, q = quality_data(args, result)
     for name, model, tok in (("untouched student", student, s_tok), ("teacher", teacher, t_tok)):
         if name not in q["bits_per_byte"]:
-            r = eval_model(model, tok, name, ds, cfg, progress=False)
-            q["bits_per_byte"][name] = {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
-                "overall": r["overall"]["bits_per_byte"]}
+            record_quality(args, result, q, name, model, tok, ds, cfg)
     for method in args.methods:
         k = args.quality_k or args.k
         label = f"omp k={k}" + (f" candidates={args.quality_candidates}" if args.quality_candidates else "") \
@@ -256,14 +283,28 @@ def quality_section(args, result, student, s_tok, teacher, t_tok) -> None:
         model, _ = transplant(student, s_tok, t_tok, teacher_model=teacher, method=method, head_method=args.head_method, k=k,
                               candidates=args.quality_candidates, chunk=args.chunk, dtype=args.dtype)
         seconds = time.perf_counter() - t0
-        r = eval_model(model, t_tok, label, ds, cfg, progress=False)
+        record_quality(args, result, q, label, model, t_tok, ds, cfg, seconds)
         del model
         gc.collect()
-        q["bits_per_byte"][label] = {d: v["bits_per_byte"] for d, v in r["domains"].items()} | {
-            "overall": r["overall"]["bits_per_byte"]}
-        q["transplant_seconds"][label] = round(seconds, 1)
-        print(label, {d: round(v, 3) for d, v in q["bits_per_byte"][label].items()}, flush=True)
-        write_json(args.out, result)
+
+
+def peer_quality_section(args, result) -> None:
+    """mergekit-tokensurgeon's own output (its OMP, k = --quality-k or --k), scored like the rows above."""
+    if not args.peer_python:
+        sys.exit("--sections peer_quality needs --peer-python (a Python with mergekit installed)")
+    cli = Path(args.peer_python).parent / "mergekit-tokensurgeon"
+    k = args.quality_k or args.k
+    cfg, ds, q = quality_data(args, result)
+    with tempfile.TemporaryDirectory(prefix="xtok-tsurgeon-") as tmp:
+        cmd = [str(cli), resolve_model(args.student), resolve_model(args.teacher), f"{tmp}/out", "-k", str(k),
+               "--approximation-method", "omp", "--quiet"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True)
+        seconds = time.perf_counter() - t0
+        q["settings"]["tokensurgeon"] = {"command": " ".join(shlex.quote(c) for c in cmd[:1] + ["STUDENT", "TEACHER", "OUT"]
+                                                             + cmd[4:]), "mergekit": "0.1.5"}
+        model, tok = load_model(f"{tmp}/out")
+        record_quality(args, result, q, f"tokensurgeon omp k={k}", model, tok, ds, cfg, seconds)
 
 
 if __name__ == "__main__":
