@@ -57,6 +57,16 @@ def record_rounds(model) -> Iterator[list[tuple[int, int]]]:
 GREEDY = dict(do_sample=False, temperature=None, top_p=None, top_k=None)
 
 
+def warm_up(target, drafter, ids: list[int], pad: int, extra: dict) -> None:
+    """Two untimed short generations, plain and assisted: a process's first generate pays one-time kernel and
+    allocator costs (measured: the first timed run's target-alone speed was about half the next one's)."""
+    first = torch.tensor([ids])
+    with torch.no_grad():
+        for assistant in ({}, {"assistant_model": drafter, **extra}):
+            target.generate(first, attention_mask=torch.ones_like(first), max_new_tokens=2, pad_token_id=pad, **GREEDY,
+                            **assistant)
+
+
 @DRAFT_BACKENDS.register("hf", help="transformers assisted generation (batch size 1), counts from its candidate generator",
                          takes="models")
 def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, max_new_tokens: int,
@@ -76,6 +86,7 @@ def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, ma
     plain_tokens = spec_tokens = 0
     mismatched = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    warm_up(target, drafter, prompt_ids[0], pad, extra)
     for i, ids in enumerate(prompt_ids):
         n = len(ids)
         ids = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, n, dtype=torch.long)}
