@@ -90,6 +90,9 @@ class TransplantConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
     alignment: str | None = Field(None, description="an xtok align output folder, for tokalign / tokalign+omp")
+    calibration_data: str = Field("bundled:train", description="text run through both models by methods that "
+                                  "calibrate (subword-prior)")
+    calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
     overwrite: bool = False
 
 

@@ -39,4 +39,22 @@ def test_transplant_cli_bad_input(tiny_model_dir, tmp_path):
     assert res.returncode == 2 and "unknown init method" in " ".join(res.stderr.split())
     res = xtok("transplant", "--teacher", str(teacher), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "missing --student" in res.stderr
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+               "--method", "subword-prior")
+    assert res.returncode == 2 and "--head-method subword-prior" in " ".join(res.stderr.split())
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_calibration_data_fails_before_loading_models(tmp_path, monkeypatch):
+    import pytest
+
+    import xtok.transplant.run as run
+    from xtok.config import config_from_dict
+
+    monkeypatch.setattr(run, "load_model", lambda *a: pytest.fail("models loaded before the data was checked"))
+    cfg = config_from_dict({"recipe": "transplant", "student": "smollm2-135m", "teacher": "qwen2.5-coder-0.5b",
+                            "out": str(tmp_path / "o"), "head_method": "subword-prior",
+                            "calibration_data": str(tmp_path / "nowhere.jsonl")})
+    with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
+        run.run_transplant(cfg)
     assert not (tmp_path / "o").exists()

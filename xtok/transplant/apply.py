@@ -68,6 +68,15 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
                  "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details}
 
 
+def check_methods(method: str, head_method: str) -> None:
+    """Fail before any work on an unknown method or a head-only method given for the input embeddings."""
+    INIT_METHODS.get(method)
+    INIT_METHODS.get(head_method)
+    if INIT_METHODS.meta(method).get("head_only"):
+        raise ValueError(f"init method {method!r} builds output-head rows only; pass it as the head method "
+                         f"(--head-method {method}) and choose another input method, e.g. omp")
+
+
 def transplant(
     student_model,
     student_tok,
@@ -81,6 +90,8 @@ def transplant(
     chunk: int = 1024,
     dtype: str = "auto",
     alignment: Any = None,
+    calibration_data: str = "bundled:train",
+    calibration_tokens: int = 2048,
     progress: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Return a copy of ``student_model`` speaking ``teacher_tok``, and a report of what was done.
@@ -92,11 +103,11 @@ def transplant(
     the ~100k new rows logits that take most of the probability mass (measured: 70% of it at
     positions whose target is a shared token), while convex mixtures cannot outscore their anchors.
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
-    one (``tokalign``, ``tokalign+omp``).
+    one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
+    ``calibration_tokens`` positions of ``calibration_data`` run through both models.
     """
     head_method = head_method or method
-    INIT_METHODS.get(method)  # unknown methods: fail before any work
-    INIT_METHODS.get(head_method)
+    check_methods(method, head_method)
     t0 = time.perf_counter()
     tcv = canonical_vocab(teacher_tok)
     tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
@@ -119,9 +130,15 @@ def transplant(
     d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
     _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
     rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
+    calibration = None
+    if INIT_METHODS.meta(head_method).get("needs_calibration"):
+        from xtok.transplant.calibrate import calibrate, calibration_texts
+
+        calibration = calibrate(student_model, student_tok, teacher_model, teacher_tok,
+                                calibration_texts(calibration_data, calibration_tokens), calibration_tokens)
     common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
                   student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress,
-                  alignment=alignment)
+                  alignment=alignment, calibration=calibration, student_of=tmap.student_of)
     tied = is_tied(student_model)
     untie = tied and head_method != method
     new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)

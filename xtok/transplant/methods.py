@@ -35,6 +35,8 @@ class Space:
     progress: bool = False
     fallbacks: int = 0  # new tokens a method could not build and left at the student mean
     alignment: Any = None  # an xtok.align Alignment, for the methods that need one (needs_alignment=True)
+    calibration: Any = None  # an xtok.transplant.calibrate.Calibration, for the methods that need one
+    student_of: torch.Tensor | None = None  # (V_t,) student id of each shared teacher token, -1 for new ones
     details: dict[str, Any] = field(default_factory=dict)  # extra per-method counts for the report
 
     def need_donor(self, method: str) -> torch.Tensor:
@@ -168,4 +170,61 @@ def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student:
     out = torch.empty((len(x), space.student.shape[1]))
     for s in range(0, len(x), space.chunk):
         out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
+    return out
+
+
+def first_pieces(space: Space, teacher_ids: torch.Tensor) -> torch.Tensor:
+    """The first student piece spelling each teacher token's bytes (a shared token: its own student id); -1: none."""
+    out = torch.full((len(teacher_ids),), -1, dtype=torch.long)
+    texts, where = [], []
+    for r, tid in enumerate(teacher_ids.tolist()):
+        if space.student_of is not None and space.student_of[tid] >= 0:
+            out[r] = space.student_of[tid]
+            continue
+        b = space.teacher_bytes[tid]
+        if not b:
+            continue
+        try:
+            texts.append(b.decode("utf-8"))
+            where.append(r)
+        except UnicodeDecodeError:  # a partial UTF-8 sequence: longest byte matches
+            pieces = _student_pieces(space, b)
+            out[r] = pieces[0] if pieces else -1
+    for r, ids in zip(where, space.student_tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []):
+        out[r] = ids[0] if ids else -1
+    out[out >= space.student.shape[0]] = -1
+    return out
+
+
+@INIT_METHODS.register("subword-prior", help="head only: the row of the new token's first student piece, plus a logit "
+                       "bias log(teacher's share of that piece's family), through the student's constant hidden direction",
+                       needs_donor=True, needs_calibration=True, head_only=True)
+def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
+    """Rows whose logits follow the chain rule: a new token t spelled by student pieces p1 p2 ... gets p1's row
+    (its logit is p1's), shifted by log r_t, where r_t = P̄(t) / Σ P̄(t') over the teacher tokens t' whose first
+    student piece is also p1 (P̄: the teacher's mean next-token probability on calibration text). The bias is
+    carried by the direction v with h · v ≈ 1 for the student's final hidden states h (the head has no bias
+    vector). So the family of p1 shares p1's probability in the teacher's proportions, instead of every
+    member taking p1's full logit; measured on SmolLM2 <- Qwen2.5, bits per byte below FOCUS's in every domain."""
+    if space.name != "output":
+        raise ValueError("init method 'subword-prior' builds output-head rows; use it as the head method "
+                         "(--head-method subword-prior) with another input method")
+    cal = space.calibration
+    if cal is None:
+        raise ValueError("init method 'subword-prior' needs a calibration of the student and teacher; "
+                         "call transplant() with a teacher model (it calibrates on bundled text)")
+    n_teacher = len(space.teacher_bytes)
+    every = torch.arange(n_teacher)
+    p1 = first_pieces(space, every)
+    prior = cal.teacher_prior[:n_teacher].clamp_min(1e-30)
+    ok = p1 >= 0
+    family = torch.zeros(space.student.shape[0], dtype=torch.float64).index_add_(0, p1[ok], prior[ok])
+    out = space.student.mean(0).expand(len(new_ids), -1).clone()
+    mine = p1[new_ids]
+    has = mine >= 0
+    log_share = (prior[new_ids[has]] / family[mine[has]]).log().float()
+    out[has] = space.student[mine[has]] + log_share[:, None] * cal.direction[None, :]
+    space.fallbacks += int((~has).sum())
+    space.details["subword_prior"] = {"mean_log_share": round(float(log_share.mean()), 3) if len(log_share) else None,
+                                      **cal.report()}
     return out

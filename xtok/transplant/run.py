@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 
 from xtok.config import TransplantConfig
+from xtok.corpus import load_corpus
 from xtok.models.load import load_model, load_tokenizer
 from xtok.registry import INIT_METHODS
-from xtok.transplant.apply import save_transplant, transplant
+from xtok.transplant.apply import check_methods, save_transplant, transplant
 from xtok.utils.io import check_output_path
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,9 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
     out = check_output_path(cfg.out, cfg.overwrite)  # fail before loading anything
     methods = {cfg.method, cfg.head_method or cfg.method}
+    check_methods(cfg.method, cfg.head_method or cfg.method)
+    if INIT_METHODS.meta(cfg.head_method or cfg.method).get("needs_calibration"):
+        load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
     needs_donor = [m for m in sorted(methods) if INIT_METHODS.meta(m).get("needs_donor", False)]
     if cfg.teacher_tokenizer_only and needs_donor:
         ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
@@ -37,7 +41,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
 
         alignment = load_alignment(cfg.alignment)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
-                               head_method=cfg.head_method, alignment=alignment,
+                               head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
+                               calibration_tokens=cfg.calibration_tokens,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
