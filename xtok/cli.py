@@ -147,7 +147,7 @@ def transplant_cmd(
     teacher: Annotated[Optional[str], typer.Option(help="model (or tokenizer) whose vocabulary the student gets")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (a plain HF model folder)")] = None,
     method: Annotated[Optional[str], typer.Option(help="init method for new tokens [default: omp] (xtok ls)")] = None,
-    head_method: Annotated[Optional[str], typer.Option(help="init method of the output head [default: focus]")] = None,
+    head_method: Annotated[Optional[str], typer.Option(help="init method of the output head [default: subword-prior]")] = None,
     k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 8]")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors [128]")] = None,
     exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (slow on CPUs without AMX)")] = None,

@@ -79,8 +79,8 @@ class TransplantConfig(Strict):
     teacher: str
     out: str | None = None
     method: InitMethod = "omp"
-    head_method: InitMethod | None = Field("focus", description="init of the output head (None = method); a tied student "
-                                    "whose two methods differ is untied")
+    head_method: InitMethod | None = Field("subword-prior", description="init of the output head (None = method); a "
+                                           "tied student whose two methods differ is untied")
     # Defaults from bench/results/transplant.json (holdout rebuild of hidden shared tokens and bits per byte on
     # SmolLM2 <- Qwen2.5): k=8 beats k=64, which overfits; 128 candidates lose nothing there and run ~4x faster.
     k: int = Field(8, ge=1, description="OMP sparsity: anchors per new token")

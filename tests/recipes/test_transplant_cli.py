@@ -17,7 +17,9 @@ def test_transplant_cli_writes_a_loadable_folder(tiny_model_dir, tmp_path):
     assert "shared" in res.stdout
     report = json.loads((out / REPORT_FILE).read_text())
     assert report["method"] == "omp" and report["k"] == 4
-    assert report["spaces"]["output"]["approximated"] == report["tokens"]["new"] > 0
+    head = report["spaces"]["output"]
+    assert report["head_method"] == "subword-prior" and head["approximated"] > 0.99 * report["tokens"]["new"]
+    assert head["approximated"] + head["fallback_to_mean"] == report["tokens"]["new"]  # unmatched specials: no bytes
     prov = json.loads((out / PROVENANCE_FILE).read_text())
     assert prov["config"]["student"] == str(student)
     model = AutoModelForCausalLM.from_pretrained(out)
