@@ -42,6 +42,9 @@ def test_transplant_cli_bad_input(tiny_model_dir, tmp_path):
     res = xtok("transplant", "--teacher", str(teacher), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "missing --student" in res.stderr
     res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o"),
+               "--teacher-tokenizer-only", "--method", "subword")
+    assert res.returncode == 2 and "pass --alignment DIR" in " ".join(res.stderr.split())
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "o"),
                "--method", "subword-prior")
     assert res.returncode == 2 and "--head-method subword-prior" in " ".join(res.stderr.split())
     assert not (tmp_path / "o").exists()

@@ -8,7 +8,8 @@ from tests.conftest import build_tiny
 from xtok.registry import INIT_METHODS
 from xtok.transplant.apply import transplant
 from xtok.transplant.calibrate import Calibration, calibrate, calibration_texts
-from xtok.transplant.methods import Space
+from xtok.transplant.methods import Space, first_pieces
+from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import build_token_map
 
 
@@ -36,15 +37,21 @@ def test_calibrate_finds_the_constant_direction_and_the_mean_distribution():
     hidden = free - (free @ v_true - 1)[:, None] * v_true / v_true.dot(v_true)  # every row has h · v_true = 1
     logits = torch.randn(50, 9)
     texts = ["abcdefghij" * 3, "klmnopqrstuvw" * 2]
-    cal = calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), StubLM(torch.randn(50, 4), logits), StubTok(), texts,
-                    tokens=56)
+    cal = calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), texts, tokens=56,
+                    teacher_model=StubLM(torch.randn(50, 4), logits), teacher_tok=StubTok())
     ids = torch.cat([StubTok()(t).input_ids[0] for t in texts])[:56]
     torch.testing.assert_close(hidden[ids] @ cal.direction, torch.ones(56), rtol=0, atol=1e-4)
     assert cal.direction_spread < 1e-4 and cal.tokens == {"student": 56, "teacher": 56}
     want = torch.nn.functional.softmax(logits[ids].double(), dim=-1).mean(0)
     torch.testing.assert_close(cal.teacher_prior, want)
+    counts = torch.tensor([3, 0, 1])
+    by_counts = calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), texts, tokens=56, counts=counts)
+    torch.testing.assert_close(by_counts.teacher_prior, torch.tensor([3.5, 0.5, 1.5], dtype=torch.float64) / 5.5)
+    assert by_counts.tokens == {"student": 56, "corpus_tokens": 4}
     with pytest.raises(ValueError, match="at least 12"):
-        calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), None, StubTok(), ["abc"], tokens=56)
+        calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), ["abc"], tokens=56, counts=counts)
+    with pytest.raises(ValueError, match="teacher model .* or token counts"):
+        calibrate(StubLM(hidden, torch.zeros(50, 3)), StubTok(), texts, tokens=56)
 
 
 def test_calibration_texts_take_every_domain_in_turn():
@@ -110,3 +117,31 @@ def test_transplant_with_a_subword_prior_head(real_tokenizer):
     v_part = out[t] - student.get_output_embeddings().weight[p1]
     torch.testing.assert_close(diff, o.hidden_states[-1][0] @ v_part, rtol=1e-4, atol=1e-4)
     assert (v_part.norm() > 0) and torch.isfinite(out).all()
+
+
+def test_subword_prior_without_a_teacher_model_takes_an_alignments_counts(real_tokenizer):
+    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    student = build_tiny("llama", smol)
+    with pytest.raises(ValueError, match="teacher model .* or an alignment"):
+        transplant(student, smol, qwen, method="mean", head_method="subword-prior")
+    tmap = build_token_map(qwen, smol)
+    space = Space("output", student.get_output_embeddings().weight.detach(), None, *tmap.anchors(),
+                  canonical_vocab(qwen).bytes_of, smol, student_of=tmap.student_of)
+    p1 = first_pieces(space, torch.arange(len(qwen)))
+    new = tmap.new_teacher_ids[p1[tmap.new_teacher_ids] >= 0]
+    piece = int(torch.mode(p1[new]).values)  # the first piece that starts the most new tokens
+    family = torch.nonzero(p1 == piece).flatten()
+    a, b = (int(t) for t in new[p1[new] == piece][:2])
+    counts = torch.zeros(len(qwen), dtype=torch.long)
+    counts[a] = 99
+    fake = SimpleNamespace(target=SimpleNamespace(counts=counts))
+    model, report = transplant(student, smol, qwen, method="mean", head_method="subword-prior", alignment=fake,
+                               calibration_tokens=256)
+    assert report["spaces"]["output"]["subword_prior"]["tokens"]["corpus_tokens"] == 99
+    base = student.get_output_embeddings().weight[p1[a]]
+    out = model.get_output_embeddings().weight
+    mass = 99 + 0.5 * len(family)  # add-half smoothing over the family of the first piece
+    share_a, share_b = math.log(99.5 / mass), math.log(0.5 / mass)
+    # both rows are base + log(share) * v for one direction v: (row - base) / log(share) agree
+    torch.testing.assert_close((out[a] - base) / share_a, (out[b] - base) / share_b, rtol=1e-4, atol=1e-5)
+    assert (out[a] - base).norm() > 0

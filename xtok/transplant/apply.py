@@ -136,8 +136,13 @@ def transplant(
     if INIT_METHODS.meta(head_method).get("needs_calibration"):
         from xtok.transplant.calibrate import calibrate, calibration_texts
 
-        calibration = calibrate(student_model, student_tok, teacher_model, teacher_tok,
-                                calibration_texts(calibration_data, calibration_tokens), calibration_tokens)
+        if teacher_model is None and alignment is None:
+            raise ValueError(f"init method {head_method!r} needs the teacher model (its next-token prior) or an alignment "
+                             "(its corpus counts of the teacher's tokens); give a teacher model, or --alignment DIR "
+                             "from `xtok align`")
+        calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
+                                calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
+                                counts=None if alignment is None else alignment.target.counts)
     common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
                   student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress,
                   alignment=alignment, calibration=calibration, student_of=tmap.student_of)

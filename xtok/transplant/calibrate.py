@@ -6,7 +6,8 @@ Two facts, measured once per transplant:
   ``h · v ≈ 1`` at every position (least squares over the calibration positions; on SmolLM2-135M the
   residual spread is about 0.02). Adding ``b · v`` to a head row then adds a logit bias of about
   ``b``, in a head that has no bias vector.
-- the teacher's **prior**: its next-token distribution averaged over the calibration positions.
+- the teacher's **prior**: its next-token distribution averaged over the calibration positions, or,
+  for a teacher that is only a tokenizer, its tokens' frequencies in an alignment's corpus.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 class Calibration:
     direction: torch.Tensor  # (d_s,) v with h · v ≈ 1 for the student's final hidden states h
     direction_spread: float  # std of h · v over the calibration positions (0: an exact constant)
-    teacher_prior: torch.Tensor  # (V,) float64, the teacher's mean next-token distribution
+    teacher_prior: torch.Tensor  # (V,) float64: the teacher's mean next-token distribution, or token frequencies
     tokens: dict[str, int]  # calibration positions per side
     seconds: float
 
@@ -62,8 +63,11 @@ def _final_states(model, tok, texts: list[str], tokens: int, max_len: int, logit
                 return
 
 
-def calibrate(student_model, student_tok, teacher_model, teacher_tok, texts: list[str], tokens: int = 2048,
-              max_len: int = 512) -> Calibration:
+def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, max_len: int = 512, *,
+              teacher_model=None, teacher_tok=None, counts: torch.Tensor | None = None) -> Calibration:
+    """The student's constant direction, and the prior: the teacher's mean next-token distribution over ``texts``
+    when a teacher model is given, else token frequencies ``counts`` (e.g. an alignment's corpus counts of the
+    teacher's tokens), add-half smoothed."""
     t0 = time.perf_counter()
     hidden = torch.cat([h for h, _ in _final_states(student_model, student_tok, texts, tokens, max_len, logits=False)])
     d = hidden.shape[1]
@@ -74,12 +78,19 @@ def calibrate(student_model, student_tok, teacher_model, teacher_tok, texts: lis
         )
     v = torch.linalg.lstsq(hidden.double(), torch.ones(hidden.shape[0], 1, dtype=torch.float64)).solution[:, 0]
     spread = float((hidden.double() @ v).std())
-    prior, n = None, 0
-    for _, logits in _final_states(teacher_model, teacher_tok, texts, tokens, max_len, logits=True):
-        p = torch.softmax(logits, dim=-1).double().sum(0)
-        prior = p if prior is None else prior + p
-        n += logits.shape[0]
-    if prior is None:
-        raise ValueError("calibration text is empty for the teacher's tokenizer; give a corpus with text in it")
-    return Calibration(v.float(), spread, prior / n, {"student": int(hidden.shape[0]), "teacher": n},
-                       time.perf_counter() - t0)
+    sizes = {"student": int(hidden.shape[0])}
+    if teacher_model is not None:
+        prior, n = None, 0
+        for _, logits in _final_states(teacher_model, teacher_tok, texts, tokens, max_len, logits=True):
+            p = torch.softmax(logits, dim=-1).double().sum(0)
+            prior = p if prior is None else prior + p
+            n += logits.shape[0]
+        if prior is None:
+            raise ValueError("calibration text is empty for the teacher's tokenizer; give a corpus with text in it")
+        prior, sizes["teacher"] = prior / n, n
+    elif counts is not None:
+        prior = counts.double() + 0.5
+        prior, sizes["corpus_tokens"] = prior / prior.sum(), int(counts.sum())
+    else:
+        raise ValueError("a prior needs the teacher model (its next-token distribution) or token counts (an alignment)")
+    return Calibration(v.float(), spread, prior, sizes, time.perf_counter() - t0)

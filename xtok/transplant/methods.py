@@ -198,11 +198,12 @@ def first_pieces(space: Space, teacher_ids: torch.Tensor) -> torch.Tensor:
 
 @INIT_METHODS.register("subword-prior", help="head only: the row of the new token's first student piece, plus a logit "
                        "bias log(teacher's share of that piece's family), through the student's constant hidden direction",
-                       needs_donor=True, needs_calibration=True, head_only=True)
+                       needs_calibration=True, head_only=True)
 def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     """Rows whose logits follow the chain rule: a new token t spelled by student pieces p1 p2 ... gets p1's row
     (its logit is p1's), shifted by log r_t, where r_t = P̄(t) / Σ P̄(t') over the teacher tokens t' whose first
-    student piece is also p1 (P̄: the teacher's mean next-token probability on calibration text). The bias is
+    student piece is also p1 (P̄: the teacher's mean next-token probability on calibration text, or, with no
+    teacher model, the tokens' smoothed frequencies in an alignment's corpus). The bias is
     carried by the direction v with h · v ≈ 1 for the student's final hidden states h (the head has no bias
     vector). So the family of p1 shares p1's probability in the teacher's proportions, instead of every
     member taking p1's full logit; measured: bits per byte below FOCUS's in every domain on SmolLM2 <- Qwen2.5 and <- Gemma-3."""
@@ -211,8 +212,8 @@ def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
                          "(--head-method subword-prior) with another input method")
     cal = space.calibration
     if cal is None:
-        raise ValueError("init method 'subword-prior' needs a calibration of the student and teacher; "
-                         "call transplant() with a teacher model (it calibrates on bundled text)")
+        raise ValueError("init method 'subword-prior' needs a calibration (the student's constant direction and a prior); "
+                         "call transplant() with a teacher model or an alignment (it calibrates on bundled text)")
     n_teacher = len(space.teacher_bytes)
     every = torch.arange(n_teacher)
     p1 = first_pieces(space, every)

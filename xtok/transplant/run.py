@@ -20,18 +20,24 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     if cfg.out is None:
         raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
     out = check_output_path(cfg.out, cfg.overwrite)  # fail before loading anything
-    methods = {cfg.method, cfg.head_method or cfg.method}
-    check_methods(cfg.method, cfg.head_method or cfg.method)
-    if INIT_METHODS.meta(cfg.head_method or cfg.method).get("needs_calibration"):
-        load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
+    head = cfg.head_method or cfg.method
+    methods = {cfg.method, head}
+    check_methods(cfg.method, head)
     needs_donor = [m for m in sorted(methods) if INIT_METHODS.meta(m).get("needs_donor", False)]
     if cfg.teacher_tokenizer_only and needs_donor:
         ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
         raise ValueError(f"method {needs_donor[0]!r} needs the teacher's embeddings; with --teacher-tokenizer-only use "
                          f"--method and --head-method among: {', '.join(ok)}")
+    prior_from_teacher = False
+    if INIT_METHODS.meta(head).get("needs_calibration"):
+        load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
+        prior_from_teacher = not cfg.alignment
+        if prior_from_teacher and cfg.teacher_tokenizer_only:
+            raise ValueError(f"head method {head!r} takes its prior from the teacher model or an alignment; with "
+                             "--teacher-tokenizer-only pass --alignment DIR (from `xtok align`) or another --head-method")
     student, student_tok = load_model(cfg.student, cache_dir)
     teacher_model = None
-    if needs_donor:
+    if needs_donor or prior_from_teacher:
         teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
