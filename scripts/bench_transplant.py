@@ -263,6 +263,7 @@ def record_quality(args, result, q, label, model, tok, ds, cfg, seconds: float |
         "overall": r["overall"]["bits_per_byte"]}
     if seconds is not None:
         q["transplant_seconds"][label] = round(seconds, 1)
+    q.setdefault("commands", {})[label] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
     print(label, {d: round(v, 3) for d, v in q["bits_per_byte"][label].items()}, flush=True)
     write_json(args.out, result)
 
