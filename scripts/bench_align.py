@@ -110,6 +110,7 @@ def quality_section(args, result, al) -> None:
         r = eval_model(model, tok, label, ds, cfg, progress=False)
         bpb[label] = {d: round(v["bits_per_byte"], 4) for d, v in r["domains"].items()} | {
             "overall": round(r["overall"]["bits_per_byte"], 4)}
+        q.setdefault("commands", {})[label] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
         print(label, bpb[label], secs[label], flush=True)
         del model
         gc.collect()

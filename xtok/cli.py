@@ -219,7 +219,7 @@ def align_cmd(
     fallback: Annotated[Optional[str], typer.Option(help="init of tokens with no vector [subword]")] = None,
     apply: Annotated[Optional[bool], typer.Option("--apply", help="also write the source model with the target tokenizer")] = None,
     method: Annotated[Optional[str], typer.Option(help="init of new input rows with --apply [tokalign]")] = None,
-    head_method: Annotated[Optional[str], typer.Option(help="init of new head rows with --apply [= method]")] = None,
+    head_method: Annotated[Optional[str], typer.Option(help="init of new head rows with --apply [subword-prior]")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="replace an existing output folder")] = None,
     config: Annotated[Optional[str], typer.Option(help="an align YAML; options given here override it")] = None,
 ) -> None:

@@ -287,7 +287,8 @@ class AlignConfig(Strict):
     fallback: InitMethod = Field("subword", description="init of target tokens with no vector (not tokalign*)")
     apply: bool = Field(False, description="also write the source model speaking the target tokenizer into out/model")
     method: InitMethod = Field("tokalign", description="init of new input rows when applying")
-    head_method: InitMethod | None = Field(None, description="init of new head rows when applying (None = method)")
+    head_method: InitMethod | None = Field("subword-prior", description="init of new head rows when applying (None = "
+                                           "method); subword-prior takes its prior from the alignment's corpus counts")
     k: int = Field(8, ge=1, description="OMP sparsity for tokalign+omp / omp")
     candidates: int | None = Field(128, ge=1)
     seed: int = 0

@@ -33,7 +33,9 @@ def test_align_cli_writes_map_report_and_model(tiny_model_dir, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     tok = AutoTokenizer.from_pretrained(out / "model")
     assert model.config.vocab_size == len(tok) == 151936
-    assert json.loads((out / "model" / TRANSPLANT_REPORT).read_text())["method"] == "tokalign"
+    applied = json.loads((out / "model" / TRANSPLANT_REPORT).read_text())
+    assert applied["method"] == "tokalign" and applied["head_method"] == "subword-prior"
+    assert applied["spaces"]["output"]["subword_prior"]["tokens"]["corpus_tokens"] > 0  # no teacher model: counts
 
 
 def test_align_cli_bad_input(tmp_path):
