@@ -10,7 +10,7 @@ sample (ours is timed at two sample sizes to show the linearity). The peer is me
 ``batch_omp`` (mergekit 0.1.5, run by ``--peer-python``, a Python that has ``pip install
 mergekit==0.1.5 torch==2.13.0``) over the same tensors, in the same batch size tokensurgeon uses (512).
 Quality: bits per byte per eval domain of the student before and after a transplant by each method.
-Writes bench/results/transplant.json.
+Writes bench/results/transplant.json (another pair: transplant-STUDENT-TEACHER.json).
 """
 
 from __future__ import annotations
