@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from xtok.corpus import load_corpus
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model, load_tokenizer
 from xtok.transplant.apply import transplant
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.io import command_line, machine_info, package_versions, write_json
 from xtok.vocab.shared import build_token_map
 
 
@@ -110,7 +108,7 @@ def quality_section(args, result, al) -> None:
         r = eval_model(model, tok, label, ds, cfg, progress=False)
         bpb[label] = {d: round(v["bits_per_byte"], 4) for d, v in r["domains"].items()} | {
             "overall": round(r["overall"]["bits_per_byte"], 4)}
-        q.setdefault("commands", {})[label] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        q.setdefault("commands", {})[label] = command_line()
         print(label, bpb[label], secs[label], flush=True)
         del model
         gc.collect()
@@ -145,7 +143,7 @@ def main() -> None:
     if (result.get("source"), result.get("target")) != (args.source, args.target):
         result = {}  # another pair's results: start afresh rather than mix the two
     result.update(machine=machine_info(), packages=package_versions(), source=args.source, target=args.target)
-    cmd = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    cmd = command_line()
     for section in args.sections:
         result.setdefault("commands", {})[section] = cmd
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import shlex
 import subprocess
 import sys
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 import torch
 
 from xtok.config import DataConfig, config_from_dict
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
 # xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)
 VARIANTS = ("xtok-cache", "xtok-cache-unfused", "xtok-online", "trl-gkd")
@@ -214,7 +213,7 @@ def main() -> None:
     result |= {"machine": machine_info(), "packages": package_versions(), "student": args.student, "teacher": args.teacher}
     commands = result.setdefault("commands", {})
     for section in args.sections:
-        commands[section] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        commands[section] = command_line()
     if "speed" in args.sections:
         result["speed"] = speed_section(args, result.get("speed"))
         write_json(out, result)

@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 
 from xtok.config import config_from_dict
 from xtok.speculative.run import run_draft_check
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
 COLUMNS = ("backend", "drafter_kind", "k", "acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone",
            "tokens_per_second_with_drafter", "speedup", "lossless")
@@ -51,7 +50,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench/results/drafter.json")
     args = ap.parse_args()
 
-    command = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    command = command_line()
     settings = {"target": args.target, "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
                 "max_new_tokens": args.max_new_tokens, "prompts": "bundled:eval", "dtype": "float32"}
     if args.append:

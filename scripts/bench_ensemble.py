@@ -12,8 +12,6 @@ member (negative: the mixture is better).
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 
 from xtok.config import config_from_dict
@@ -22,7 +20,7 @@ from xtok.ensemble.mix import Ensemble, check_members, normalized_weights
 from xtok.ensemble.run import best_member_gap
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
 
 def bits(res: dict) -> dict[str, float]:
@@ -48,7 +46,7 @@ def main() -> None:
     check_members(models, toks, args.models)
     ds = load_corpus(cfg.data.spec, max_docs_per_domain=args.max_docs, max_chars_per_doc=args.max_chars)
     result = {"machine": machine_info(), "packages": package_versions(),
-              "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
+              "command": command_line(),
               "settings": {"models": args.models, "eval": f"bundled:eval, {args.max_docs} docs x {args.max_chars} chars "
                                                           "per domain"},
               "members": {}, "mixtures": []}

@@ -36,7 +36,7 @@ from xtok.eval.run import eval_model
 from xtok.models.load import load_model, resolve_model
 from xtok.transplant.apply import transplant
 from xtok.transplant.omp import batch_omp, resolve_dtype
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.io import command_line, machine_info, package_versions, write_json
 from xtok.vocab.shared import build_token_map
 
 PEER_CODE = """
@@ -112,7 +112,7 @@ def main() -> None:
                     "teacher": args.teacher, "omp_dtype": str(resolve_dtype(args.dtype))}
     commands = result.setdefault("commands", {})
     for section in args.sections:
-        commands[f"speed k{args.k}" if section == "speed" else section] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+        commands[f"speed k{args.k}" if section == "speed" else section] = command_line()
 
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
@@ -263,7 +263,7 @@ def record_quality(args, result, q, label, model, tok, ds, cfg, seconds: float |
         "overall": r["overall"]["bits_per_byte"]}
     if seconds is not None:
         q["transplant_seconds"][label] = round(seconds, 1)
-    q.setdefault("commands", {})[label] = " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+    q.setdefault("commands", {})[label] = command_line()
     print(label, {d: round(v, 3) for d, v in q["bits_per_byte"][label].items()}, flush=True)
     write_json(args.out, result)
 

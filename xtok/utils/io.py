@@ -7,8 +7,10 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from importlib import metadata
@@ -103,6 +105,11 @@ def git_sha() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def command_line() -> str:
+    """This process's command as one shell line, ``python`` first: what a benchmark records beside its numbers."""
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
 
 
 def machine_info() -> dict[str, Any]:
