@@ -4,10 +4,17 @@ transformers dequantizes GGUF to float; a plain GGUF load cannot be saved, so th
 with ``GgufConfig(dequantize=True)``. The conversion is checked by reloading the written folder and
 comparing its logits and tokenization with the GGUF-loaded model before the folder is renamed into
 place, so a folder that exists is a folder that was verified.
+
+The tokenizer's special tokens, BOS/EOS adding and chat template come from the GGUF metadata
+(``gguf_tokenizer``), not from whatever the running transformers release defaults to. Every
+folder records the versions that built it (``build_versions``); a cached folder built by other
+versions is rebuilt (``stale_reason``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -15,10 +22,19 @@ from typing import Any
 
 import torch
 
-from xtok.utils.io import atomic_dir, write_json, write_provenance
+import xtok
+from xtok.models.gguf_tokenizer import ConversionError, GGUFTokenizerSpec, apply_tokenizer_spec, check_tokenizer_spec, read_tokenizer_spec
+from xtok.utils.io import PROVENANCE_FILE, atomic_dir, package_versions, write_json, write_provenance
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ConversionError", "build_versions", "check_gguf_readable", "compare_with_folder", "convert_gguf", "extract_tokenizer",
+           "gguf_tokenizer", "load_gguf", "load_gguf_with_spec", "stale_reason"]
+
+# Bump whenever what convert_gguf or extract_tokenizer writes changes: cached folders of another format are rebuilt.
+# 2: special tokens, BOS/EOS adding and chat template set from the GGUF metadata; build versions recorded.
+CONVERTER_FORMAT = 2
+BUILD_PACKAGES = ("transformers", "tokenizers", "gguf")
 MODEL_INFO_FILE = "xtok_model.json"
 PROBE_TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
@@ -26,12 +42,35 @@ PROBE_TEXT = (
 )
 
 
-class ConversionError(RuntimeError):
-    pass
+def build_versions() -> dict[str, Any]:
+    """What a cached folder depends on: xtok, the converter's format and the packages that build tokenizers and models."""
+    versions = package_versions(BUILD_PACKAGES)
+    return {"xtok": xtok.__version__, "converter_format": CONVERTER_FORMAT, **{p: versions.get(p) for p in BUILD_PACKAGES}}
 
 
-def check_gguf_readable(path: Path) -> None:
-    """Fail early, with the path in the message, on a truncated or corrupt GGUF."""
+def stale_reason(folder: str | Path) -> str | None:
+    """Why the cached ``folder`` must be rebuilt (other build versions, or none recorded), or None if it is current."""
+    path = Path(folder) / PROVENANCE_FILE
+    try:
+        built = json.loads(path.read_text(encoding="utf-8")).get("build")
+    except (OSError, ValueError, AttributeError):
+        built = None
+    if not isinstance(built, dict):
+        return f"{path} records no build versions (made by an older xtok)"
+    now = build_versions()
+    diffs = [f"{k} {built.get(k)} (now {v})" for k, v in now.items() if built.get(k) != v]
+    return "it was built with " + ", ".join(diffs) if diffs else None
+
+
+def _record(spec: GGUFTokenizerSpec) -> dict[str, Any]:
+    out = spec.to_json()
+    if spec.chat_template is not None:
+        out["chat_template"] = "sha256:" + hashlib.sha256(spec.chat_template.encode("utf-8")).hexdigest()
+    return out
+
+
+def check_gguf_readable(path: Path):
+    """Fail early, with the path in the message, on a truncated or corrupt GGUF; return its open ``gguf.GGUFReader``."""
     import gguf
 
     if not path.is_file():
@@ -47,22 +86,40 @@ def check_gguf_readable(path: Path) -> None:
             f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it is corrupt or truncated: "
             "download or assemble it again"
         ) from exc
+    return reader
+
+
+def gguf_tokenizer(path: Path, reader=None) -> tuple[Any, GGUFTokenizerSpec]:
+    """The tokenizer of a GGUF file, set to do what its metadata says, and that metadata."""
+    from transformers import AutoTokenizer
+
+    spec = read_tokenizer_spec(reader if reader is not None else check_gguf_readable(path))
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    apply_tokenizer_spec(tokenizer, spec, path)
+    return tokenizer, spec
 
 
 def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
-    """Load tokenizer and dequantized model from a GGUF file with transformers."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    """Load tokenizer (set from the GGUF metadata) and dequantized model from a GGUF file with transformers."""
+    tokenizer, model, _ = load_gguf_with_spec(path, dtype)
+    return tokenizer, model
 
-    check_gguf_readable(path)
+
+def load_gguf_with_spec(path: Path, dtype: torch.dtype = torch.float32):
+    """Like load_gguf, and also the tokenizer behaviour the GGUF records: (tokenizer, model, spec)."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    reader = check_gguf_readable(path)
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer, spec = gguf_tokenizer(path, reader)
+    del reader
     t_tok = time.perf_counter() - t0
     model = AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=dtype
     )
     model.eval()
     log.info("loaded %s (tokenizer %.1fs, model %.1fs)", path.name, t_tok, time.perf_counter() - t0 - t_tok)
-    return tokenizer, model
+    return tokenizer, model, spec
 
 
 @torch.no_grad()
@@ -71,21 +128,33 @@ def probe_logits(model, tokenizer, text: str = PROBE_TEXT) -> tuple[list[int], t
     return ids[0].tolist(), model(input_ids=ids).logits[0].float()
 
 
-def compare_with_folder(model, tokenizer, folder: Path, atol: float = 1e-4) -> float:
+def compare_tokenizer_with_folder(tokenizer, folder: Path, spec: GGUFTokenizerSpec | None = None):
+    """Reload the tokenizer saved in ``folder``; raise ConversionError unless it behaves like ``tokenizer`` (and ``spec``)."""
+    from transformers import AutoTokenizer
+
+    tok2 = AutoTokenizer.from_pretrained(str(folder))
+    ids, ids2 = tokenizer(PROBE_TEXT)["input_ids"], tok2(PROBE_TEXT)["input_ids"]
+    if ids2 != ids:
+        raise ConversionError(f"the tokenizer written to {folder} tokenizes the probe differently: {ids2[:20]} vs {ids[:20]}")
+    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
+        if getattr(tok2, role) != getattr(tokenizer, role):
+            raise ConversionError(f"{role} changed in conversion: {getattr(tok2, role)!r} vs {getattr(tokenizer, role)!r}")
+    if (tok2.chat_template or None) != (tokenizer.chat_template or None):
+        raise ConversionError(f"the tokenizer written to {folder} lost or changed its chat template")
+    if spec is not None:
+        check_tokenizer_spec(tok2, spec, folder)
+    return tok2
+
+
+def compare_with_folder(model, tokenizer, folder: Path, atol: float = 1e-4, spec: GGUFTokenizerSpec | None = None) -> float:
     """Reload ``folder`` and check that it tokenizes and scores the probe like (model, tokenizer).
 
     Returns the largest absolute logit difference; raises ConversionError beyond ``atol``.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    ref_ids, ref_logits = probe_logits(model, tokenizer)
-    tok2 = AutoTokenizer.from_pretrained(str(folder))
-    ids2 = tok2(PROBE_TEXT)["input_ids"]
-    if ids2 != ref_ids:
-        raise ConversionError(f"the tokenizer written to {folder} tokenizes the probe differently: {ids2[:20]} vs {ref_ids[:20]}")
-    for role in ("bos_token", "eos_token", "pad_token", "unk_token"):
-        if getattr(tok2, role) != getattr(tokenizer, role):
-            raise ConversionError(f"{role} changed in conversion: {getattr(tok2, role)!r} vs {getattr(tokenizer, role)!r}")
+    _, ref_logits = probe_logits(model, tokenizer)
+    tok2 = compare_tokenizer_with_folder(tokenizer, folder, spec)
     model2 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=ref_logits.dtype).eval()
     _, logits2 = probe_logits(model2, tok2)
     diff = (logits2 - ref_logits).abs().max().item()
@@ -98,12 +167,12 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool 
     """Convert one GGUF file into a verified Hugging Face folder at ``out_dir`` (atomically)."""
     gguf_path = Path(gguf_path)
     t0 = time.perf_counter()
-    tokenizer, model = load_gguf(gguf_path)
+    tokenizer, model, spec = load_gguf_with_spec(gguf_path)
     t_load = time.perf_counter() - t0
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        diff = compare_with_folder(model, tokenizer, tmp)
+        diff = compare_with_folder(model, tokenizer, tmp, spec=spec)
         record = {
             "source_gguf": str(gguf_path),
             "architecture": model.config.model_type,
@@ -118,18 +187,19 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool 
             **(info or {}),
         }
         write_json(tmp / MODEL_INFO_FILE, record)
-        write_provenance(tmp, None, step="convert_gguf")
+        write_provenance(tmp, None, step="convert_gguf", build=build_versions(), gguf_tokenizer=_record(spec))
     log.info("converted %s -> %s in %.1fs (max logit diff %.2g)", gguf_path.name, out_dir, record["conversion_seconds"], diff)
     return Path(out_dir)
 
 
 def extract_tokenizer(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write only the tokenizer of a GGUF file as a Hugging Face tokenizer folder (fast to reload)."""
-    from transformers import AutoTokenizer
-
+    """Write only the tokenizer of a GGUF file as a verified Hugging Face tokenizer folder (fast to reload)."""
     gguf_path = Path(gguf_path)
-    check_gguf_readable(gguf_path)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    tokenizer, spec = gguf_tokenizer(gguf_path)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         tokenizer.save_pretrained(tmp)
+        compare_tokenizer_with_folder(tokenizer, tmp, spec)
+        write_provenance(tmp, None, step="extract_tokenizer", source_gguf=str(gguf_path), build=build_versions(),
+                         gguf_tokenizer=_record(spec))
+    log.info("extracted the tokenizer of %s -> %s", gguf_path.name, out_dir)
     return Path(out_dir)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from xtok.models import catalogue as cat
-from xtok.models.convert import convert_gguf, extract_tokenizer
+from xtok.models.convert import convert_gguf, extract_tokenizer, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,30 @@ def catalogue_model_dir(name: str, cache_dir: str | Path | None = None) -> Path:
     return _cache(cache_dir) / "models" / name
 
 
+def _current(folder: Path, marker: str, say_why: bool = True) -> bool:
+    """Whether the cached ``folder`` is complete (has ``marker``) and was built by the running versions."""
+    if not (folder / marker).is_file():
+        return False
+    why = stale_reason(folder)
+    if why and say_why:
+        log.info("rebuilding %s: %s", folder, why)
+    return why is None
+
+
 def is_prepared(name: str, cache_dir: str | Path | None = None) -> bool:
-    return (catalogue_model_dir(name, cache_dir) / "config.json").is_file()
+    """Whether catalogue model ``name`` has a converted folder in the cache that the running versions built."""
+    return _current(catalogue_model_dir(name, cache_dir), "config.json", say_why=False)
 
 
 def prepare(name: str, cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
-    """Convert catalogue model ``name`` into a verified HF folder in the cache, once."""
+    """Convert catalogue model ``name`` into a verified HF folder in the cache, once (again when the build versions change)."""
     entry = cat.get_entry(name)
     out = catalogue_model_dir(name, cache_dir)
-    if is_prepared(name, cache_dir) and not force:
+    if not force and _current(out, "config.json"):
         return out
     gguf = cat.gguf_file(entry, _cache(cache_dir))
-    log.info("converting catalogue model %s (first use; later runs reuse %s)", name, out)
-    return convert_gguf(gguf, out, overwrite=force, info={"catalogue_name": name, "sha256": entry.sha256})
+    log.info("converting catalogue model %s (later runs reuse %s)", name, out)
+    return convert_gguf(gguf, out, overwrite=force or out.exists(), info={"catalogue_name": name, "sha256": entry.sha256})
 
 
 def _check_folder(path: Path, need_model: bool) -> None:
@@ -76,8 +87,8 @@ def resolve_model(spec: str | Path, cache_dir: str | Path | None = None) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
         out = _gguf_dir(path, cache_dir)
-        if not (out / "config.json").is_file():
-            convert_gguf(path, out)
+        if not _current(out, "config.json"):
+            convert_gguf(path, out, overwrite=out.exists())
         return str(out)
     if path.exists():
         raise ValueError(f"{path} is neither a model folder nor a .gguf file")
@@ -96,7 +107,7 @@ def resolve_tokenizer(spec: str | Path, cache_dir: str | Path | None = None) -> 
         if is_prepared(spec_s, cache_dir):
             return str(catalogue_model_dir(spec_s, cache_dir))
         out = _cache(cache_dir) / "tokenizers" / spec_s
-        if not (out / "tokenizer_config.json").is_file():
+        if not _current(out, "tokenizer_config.json"):
             extract_tokenizer(cat.gguf_file(cat.get_entry(spec_s), _cache(cache_dir)), out, overwrite=out.exists())
         return str(out)
     path = Path(spec_s).expanduser()
@@ -105,10 +116,10 @@ def resolve_tokenizer(spec: str | Path, cache_dir: str | Path | None = None) -> 
         return str(path)
     if path.suffix == ".gguf" and path.is_file():
         out = _gguf_dir(path, cache_dir)
-        if (out / "config.json").is_file():
+        if _current(out, "config.json", say_why=False):
             return str(out)
         tok_out = out.with_name(out.name + "-tokenizer")
-        if not (tok_out / "tokenizer_config.json").is_file():
+        if not _current(tok_out, "tokenizer_config.json"):
             extract_tokenizer(path, tok_out, overwrite=tok_out.exists())
         return str(tok_out)
     return resolve_model(spec_s, cache_dir)
