@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from tests.distill.tolerance import assert_float32_close
+from tests.distill.tolerance import EPS32, assert_float32_close
 from xtok.config import config_from_dict
 from xtok.distill.data import BlockDataset, pack_documents
 from xtok.distill.run import partial_dir, run_distill
@@ -67,7 +67,7 @@ def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file):
     assert [s["trainable_tensors"] for s in log["stages"]] == [1, len(before) - 1]  # lm_head is tied to embed_tokens
     assert all(any("loss" in e for e in s["log_history"]) for s in log["stages"])
     cache = load_file(out / "teacher-cache" / "teacher-topk-00000.safetensors")
-    assert cache["logprobs"].shape == (8, 16, 16) and report["sequences"] == 8
+    assert cache["logprobs"].shape == (8, 16, 16) and cache["tail"].shape == (8, 16) and report["sequences"] == 8
     assert (out / "xtok_provenance.json").is_file() and (out / "tokenizer.json").is_file()
 
 
@@ -103,7 +103,10 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, dat
     torch.testing.assert_close(_weights(out)["model.norm.weight"], _weights(ref_out)["model.norm.weight"])
 
 
-def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path):
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path, tau):
+    """A cache of the full vocabulary built at the loss's temperature gives the online teacher's loss; a cache of
+    another temperature is refused."""
     from transformers import TrainingArguments
 
     from tests.conftest import build_tiny
@@ -113,15 +116,43 @@ def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path):
     student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
     blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=2)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    online = DistillTrainer(model=student, args=args, teacher=teacher, loss="jsd", beta=0.3)
-    cached = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3)
-    full = teacher_topk(teacher, blocks, k=teacher.config.vocab_size)  # K = V: the tail is empty
+    online = DistillTrainer(model=student, args=args, teacher=teacher, loss="jsd", beta=0.3, temperature=tau)
+    cached = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3, temperature=tau)
+    full = teacher_topk(teacher, blocks, k=teacher.config.vocab_size, temperature=tau)  # K = V: the tail is empty
     batch = torch.utils.data.default_collate([BlockDataset(blocks, full)[i] for i in range(2)])
     plain = {k: v for k, v in batch.items() if not k.startswith("teacher")}
     assert_float32_close(cached.compute_loss(student, batch), online.compute_loss(student, plain),
                          terms=teacher.config.vocab_size, what="loss")
     with pytest.raises(ValueError, match="needs a teacher"):
         cached.compute_loss(student, plain)
+    other = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3, temperature=tau + 1)
+    with pytest.raises(ValueError, match=f"taken at temperature {tau} but the loss runs at temperature {tau + 1}"):
+        other.compute_loss(student, batch)
+
+
+def test_teacher_cache_is_keyed_on_temperature_and_stores_the_exact_tail(real_tokenizer, tmp_path):
+    from tests.conftest import build_tiny
+    from xtok.distill.teacher_cache import build_cache
+
+    tok = real_tokenizer("smollm2-135m")
+    teacher = build_tiny("llama", tok, seed=1)
+    blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=3)
+    folder = tmp_path / "cache"
+    at_1 = build_cache(folder, teacher, "t", blocks, 4, batch_size=2)
+    at_2 = build_cache(folder, teacher, "t", blocks, 4, batch_size=2, temperature=2.0)  # another key: rebuilt
+    again = build_cache(folder, None, "t", blocks, 4, temperature=2.0)  # reused: no teacher needed
+    assert (at_1.temperature, at_2.temperature, again.temperature) == (1.0, 2.0, 2.0)
+    for name in ("logprobs", "ids", "tail"):
+        assert torch.equal(getattr(again, name), getattr(at_2, name))
+    with torch.no_grad():
+        logits = teacher(input_ids=blocks).logits.double()
+    for tau, top in ((1.0, at_1), (2.0, at_2)):  # float64: the tail is the mass outside the top 4, at tau
+        p = torch.softmax(logits / tau, -1)
+        outside = p.sum(-1) - p.gather(-1, top.ids.long()).sum(-1)
+        torch.testing.assert_close(top.logprobs.double(), p.gather(-1, top.ids.long()).log(), rtol=0.0,
+                                   atol=8 * EPS32 * (1 + float(p.log().abs().max())))
+        torch.testing.assert_close(top.tail.double().exp(), outside, rtol=8 * EPS32 * (1 + float(p.log().abs().max())),
+                                   atol=0.0)
 
 
 def test_lora_stage_and_plain_ce_without_teacher(tiny_model_dir, tmp_path, data_file):

@@ -140,7 +140,8 @@ def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokeniz
     batch["labels"][:, 3:6] = -100
     if teacher_kind == "topk":
         topk = teacher_topk(teacher, batch["input_ids"], 5, batch_size=2)
-        batch |= {"teacher_topk_logprobs": topk[0], "teacher_topk_ids": topk[1].long()}
+        batch |= {"teacher_topk_logprobs": topk.logprobs, "teacher_topk_ids": topk.ids.long(),
+                  "teacher_topk_tail": topk.tail, "teacher_topk_temperature": torch.ones(2)}
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     results = []
     for fused in (True, False):

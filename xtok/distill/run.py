@@ -157,7 +157,7 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
         if teacher_tokens is None and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
-                                   cfg.teacher_cache.batch_size)
+                                   cfg.teacher_cache.batch_size, temperature=cfg.temperature)
             teacher = None  # the cache replaces the online teacher; free its memory
     dataset = BlockDataset(blocks, topk, teacher_tokens)
     summaries = []

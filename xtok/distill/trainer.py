@@ -40,8 +40,8 @@ def check_same_vocab(student, teacher) -> None:
 
 class DistillTrainer(Trainer):
     """``loss`` names a registered loss (``xtok.losses``); the teacher is a model run online, or absent when the
-    batches carry cached top-k teacher log-probs (``teacher_topk_logprobs``/``teacher_topk_ids``, (B, T, K)) or the
-    loss needs no teacher (``ce``)."""
+    batches carry a cached top-k teacher (``BlockDataset`` with a ``TeacherTopK``: ``teacher_topk_logprobs``/``_ids``
+    (B, T, K), ``_tail`` (B, T), ``_temperature`` (B,)) or the loss needs no teacher (``ce``)."""
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
@@ -116,7 +116,12 @@ class DistillTrainer(Trainer):
         if not self.needs_teacher:
             return None
         if "teacher_topk_ids" in inputs:
-            return TeacherTopK(inputs["teacher_topk_logprobs"][:, :-1], inputs["teacher_topk_ids"][:, :-1])
+            temps = inputs["teacher_topk_temperature"].flatten().tolist()  # (B,): one per cached sequence
+            if max(temps) - min(temps) > 1e-6 * max(temps):
+                raise ValueError(f"one batch mixes teacher caches of temperatures {sorted(set(temps))}; rebuild the cache")
+            top = TeacherTopK(inputs["teacher_topk_logprobs"], inputs["teacher_topk_ids"], inputs["teacher_topk_tail"],
+                              temps[0])
+            return top.positions(slice(None, -1))
         if self.teacher is None:
             raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
         if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld)
@@ -164,8 +169,8 @@ class DistillTrainer(Trainer):
             pos = slice(s, s + self.loss_chunk)
             if not mask[:, pos].any():
                 continue
-            part = teacher if teacher is None else (TeacherTopK(teacher.logprobs[:, pos], teacher.ids[:, pos])
-                                                     if isinstance(teacher, TeacherTopK) else teacher[:, pos])
+            part = teacher if teacher is None else (teacher.positions(pos) if isinstance(teacher, TeacherTopK)
+                                                     else teacher[:, pos])
             fn = functools.partial(self._chunk_loss, teacher=part, mask=mask[:, pos], targets=targets[:, pos], head=head)
             total = total + checkpoint(fn, hidden[:, pos], use_reentrant=False)
         return total, mask.sum(), outputs
