@@ -1,6 +1,7 @@
 """The distill job on tiny models: stages, the teacher cache, resume after a kill, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -51,9 +52,12 @@ def test_pack_documents_keeps_the_stream(real_tokenizer):
         pack_documents(tok, ["hi"], seq_len=512)
 
 
-def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file):
+def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file, capfd):
     student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
-    out, report = run_distill(_cfg(tmp_path, student, teacher, data_file))
+    out, report = run_distill(_cfg(tmp_path, student, teacher, data_file), progress=True)
+    err = capfd.readouterr().err  # progress: bars with the time left, for the teacher cache and each stage's steps
+    assert re.search(r"teacher cache: 100%\|.*\| 8/8 \[\d\d:\d\d<00:00", err), err[-2000:]
+    assert len(re.findall(r"100%\|.*\| 2/2 \[\d\d:\d\d<00:00", err)) >= 2, err[-2000:]
     assert out.is_dir() and not partial_dir(out).exists()
     before, stage1, final = _weights(student), _weights(out / "stages" / "stage-1-embeddings" / "model"), _weights(out)
     emb = "model.embed_tokens.weight"
@@ -85,13 +89,17 @@ def _losses(out):
     return {e["step"]: e["loss"] for e in hist if "loss" in e}
 
 
-def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, data_file):
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, data_file, capfd):
     student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
     stages = [{"train": "full", "steps": 6, "learning_rate": 1e-3, "scheduler": "linear"}]
     ref_out, _ = run_distill(_cfg(tmp_path / "a", student, teacher, data_file, stages=stages))
     cfg = _cfg(tmp_path / "b", student, teacher, data_file, stages=stages)
+    capfd.readouterr()
     with pytest.raises(KeyboardInterrupt):
         run_distill(cfg, callbacks=(Kill(5),))
+    quiet = capfd.readouterr()  # as a library: no bars of ours (transformers' weight loading has its own), no loss dicts
+    bars = [line for line in re.split(r"[\r\n]", quiet.err) if "%|" in line and "Loading weights" not in line]
+    assert not bars and "'loss'" not in quiet.out, (bars, quiet.out)
     out = tmp_path / "b" / "out"
     assert not out.exists() and partial_dir(out).is_dir()  # nothing half-written in place
     out, report = run_distill(cfg)
