@@ -248,3 +248,28 @@ def test_on_policy_batches_are_student_samples_scored_by_the_teacher(real_tokeni
     with pytest.raises(ValueError, match="teacher_cache.top_k: null"):
         config_from_dict({"recipe": "distill", "student": "s", "teacher": "t", "out": "o", "on_policy": {"lmbda": 0.5},
                           "stages": [{"train": "full", "steps": 1, "learning_rate": 1e-3}]})
+
+
+@pytest.mark.parametrize("how", ["accelerate launch (env)", "accelerator state"])
+def test_an_fsdp_launch_is_refused_before_any_model_loads(tmp_path, data_file, monkeypatch, how):
+    """FSDP is not offered (only rank 0 would save the sharded model, fused_head calls the unwrapped head): a launch
+    under it stops with the DDP command to use, before a model is loaded."""
+    import xtok.distill.run as run_mod
+
+    if how.endswith("(env)"):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type: FSDP
+    else:
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
+
+        monkeypatch.setattr(AcceleratorState, "_shared_state", {"distributed_type": DistributedType.FSDP})
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the FSDP launch was refused")
+
+    monkeypatch.setattr(run_mod, "load_model", no_model)
+    monkeypatch.setattr(run_mod, "load_tokenizer", no_model)
+    cfg = _cfg(tmp_path, tmp_path / "student", tmp_path / "teacher", data_file)
+    with pytest.raises(ValueError, match=r"FSDP.*configs/accelerate/gpu_ddp\.yaml.*torchrun"):
+        run_distill(cfg)
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()

@@ -5,7 +5,8 @@ every stage has finished, so ``out`` is always complete: the final Hugging Face 
 level, each stage's boundary model under ``stages/``, the loss curves in ``distill_log.json``. A
 rerun with the same config resumes: finished stages are skipped, an interrupted stage continues
 from its last Trainer checkpoint (optimizer, scheduler, RNG and data position included). Under
-``accelerate launch``/``torchrun`` every process runs this function; the main process writes.
+``accelerate launch``/``torchrun`` (DDP) every process runs this function; the main process writes.
+An FSDP launch is refused (``check_launch``).
 """
 
 from __future__ import annotations
@@ -150,7 +151,24 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
             hf_logging.enable_progress_bar()
 
 
+def check_launch() -> None:
+    """Refuse an FSDP launch (accelerate's distributed_type FSDP), which this job does not support: under FSDP only
+    the main process would save the sharded model, and ``fused_head`` calls the unwrapped head."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    # `accelerate launch` with distributed_type FSDP sets ACCELERATE_USE_FSDP in every process; an Accelerator made
+    # earlier in this process records it in its state.
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or (
+            AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP):
+        raise ValueError("xtok distill does not support FSDP (sharded students are not saved by every process, and "
+                         "fused_head needs the whole output head); launch it with DDP instead: accelerate launch "
+                         "--config_file configs/accelerate/gpu_ddp.yaml -m xtok distill --config ..., or torchrun "
+                         "--nproc_per_node N -m xtok distill --config ...")
+
+
 def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tuple[Path, dict]:
+    check_launch()  # before any model is loaded
     # Without a GPU, say so: only then do accelerate and the Trainer treat a torchrun/accelerate launch as CPU DDP (gloo).
     state = PartialState(cpu=not torch.cuda.is_available())
     out = check_output_path(cfg.out, cfg.overwrite) if state.is_main_process else Path(cfg.out).expanduser().resolve()
