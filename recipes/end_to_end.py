@@ -18,7 +18,7 @@ from xtok.registry import DRAFT_BACKENDS
 from xtok.speculative.run import run_draft_check
 from xtok.transplant.run import run_transplant
 from xtok.utils.io import provenance, write_json
-from xtok.utils.stages import Pipeline, stage_key
+from xtok.utils.stages import Pipeline, config_key, stage_key
 
 
 def _bpb(cfg: EndToEndConfig, spec: str, cache_dir) -> dict:
@@ -47,7 +47,7 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
     run_dir = Path(cfg.out).expanduser().resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     pipe = Pipeline(run_dir)
-    k_eval = stage_key(cfg.eval_data.model_dump(exclude_defaults=True), cfg.eval.model_dump(exclude_defaults=True))
+    k_eval = config_key(cfg.eval_data, config_key(cfg.eval))
     bpb = {
         "untouched student": pipe.stage("eval_student", stage_key(cfg.student, k_eval), lambda: _bpb(cfg, cfg.student, cache_dir)),
         "teacher": pipe.stage("eval_teacher", stage_key(cfg.teacher, k_eval), lambda: _bpb(cfg, cfg.teacher, cache_dir)),
@@ -55,14 +55,14 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
 
     transplanted = run_dir / "transplant"
     t_cfg = cfg.transplant_config(str(transplanted))
-    k_t = stage_key(t_cfg.model_dump(exclude={"out", "overwrite"}, exclude_defaults=True))
+    k_t = config_key(t_cfg)
     pipe.stage("transplant", k_t, lambda: run_transplant(t_cfg, cache_dir, progress=False)[1], outputs=(transplanted,))
     bpb["transplanted (OMP)"] = pipe.stage("eval_transplanted", stage_key(k_t, k_eval),
                                            lambda: _bpb(cfg, str(transplanted), cache_dir))
 
     distilled = run_dir / "distill"
     d_cfg = cfg.distill_config(str(transplanted), str(distilled))
-    k_d = stage_key(d_cfg.model_dump(exclude={"out", "overwrite", "student"}, exclude_defaults=True), k_t)
+    k_d = config_key(d_cfg, k_t, exclude=("out", "overwrite", "student"))
 
     def distill() -> dict:
         if distilled.exists():  # an older, finished run of other settings; an interrupted one resumes by itself
@@ -76,7 +76,7 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
     if cfg.draft_check.cross_tokenizer_baseline:
         drafters.insert(0, ("untouched (cross-tokenizer)", cfg.student, stage_key(cfg.student), True))
     rows, notes = [], []
-    k_dc = stage_key(cfg.draft_check.model_dump(exclude={"k", "backends"}, exclude_defaults=True), cfg.teacher)
+    k_dc = config_key(cfg.draft_check, cfg.teacher, exclude=("k", "backends"))
     for backend in cfg.draft_check.backends:
         why = _backend_ready(backend)
         if why:

@@ -189,7 +189,7 @@ def distill_cmd(
     extra = [*(overrides or []), *([f"out={out}"] if out else []), *(["overwrite=true"] if overwrite else [])]
     try:
         cfg = load_config(config, extra, recipe="distill")
-        folder, report = run_distill(cfg, State.cache_dir)
+        folder, report = run_distill(cfg, State.cache_dir, progress=True)
     except (ValueError, RuntimeError, OSError) as exc:
         _fail(exc)
     table = Table(title=f"distill {report['teacher']} -> {report['student']} ({report['loss']})")

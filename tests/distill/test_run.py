@@ -1,12 +1,14 @@
 """The distill job on tiny models: stages, the teacher cache, resume after a kill, bad input."""
 
 import json
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
+from tests.distill.tolerance import EPS32, assert_float32_close
 from xtok.config import config_from_dict
 from xtok.distill.data import BlockDataset, pack_documents
 from xtok.distill.run import partial_dir, run_distill
@@ -50,9 +52,12 @@ def test_pack_documents_keeps_the_stream(real_tokenizer):
         pack_documents(tok, ["hi"], seq_len=512)
 
 
-def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file):
+def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file, capfd):
     student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
-    out, report = run_distill(_cfg(tmp_path, student, teacher, data_file))
+    out, report = run_distill(_cfg(tmp_path, student, teacher, data_file), progress=True)
+    err = capfd.readouterr().err  # progress: bars with the time left, for the teacher cache and each stage's steps
+    assert re.search(r"teacher cache: 100%\|.*\| 8/8 \[\d\d:\d\d<00:00", err), err[-2000:]
+    assert len(re.findall(r"100%\|.*\| 2/2 \[\d\d:\d\d<00:00", err)) >= 2, err[-2000:]
     assert out.is_dir() and not partial_dir(out).exists()
     before, stage1, final = _weights(student), _weights(out / "stages" / "stage-1-embeddings" / "model"), _weights(out)
     emb = "model.embed_tokens.weight"
@@ -66,7 +71,7 @@ def test_two_stages_train_what_they_say(tiny_model_dir, tmp_path, data_file):
     assert [s["trainable_tensors"] for s in log["stages"]] == [1, len(before) - 1]  # lm_head is tied to embed_tokens
     assert all(any("loss" in e for e in s["log_history"]) for s in log["stages"])
     cache = load_file(out / "teacher-cache" / "teacher-topk-00000.safetensors")
-    assert cache["logprobs"].shape == (8, 16, 16) and report["sequences"] == 8
+    assert cache["logprobs"].shape == (8, 16, 16) and cache["tail"].shape == (8, 16) and report["sequences"] == 8
     assert (out / "xtok_provenance.json").is_file() and (out / "tokenizer.json").is_file()
 
 
@@ -84,13 +89,17 @@ def _losses(out):
     return {e["step"]: e["loss"] for e in hist if "loss" in e}
 
 
-def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, data_file):
+def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, data_file, capfd):
     student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
     stages = [{"train": "full", "steps": 6, "learning_rate": 1e-3, "scheduler": "linear"}]
     ref_out, _ = run_distill(_cfg(tmp_path / "a", student, teacher, data_file, stages=stages))
     cfg = _cfg(tmp_path / "b", student, teacher, data_file, stages=stages)
+    capfd.readouterr()
     with pytest.raises(KeyboardInterrupt):
         run_distill(cfg, callbacks=(Kill(5),))
+    quiet = capfd.readouterr()  # as a library: no bars of ours (transformers' weight loading has its own), no loss dicts
+    bars = [line for line in re.split(r"[\r\n]", quiet.err) if "%|" in line and "Loading weights" not in line]
+    assert not bars and "'loss'" not in quiet.out, (bars, quiet.out)
     out = tmp_path / "b" / "out"
     assert not out.exists() and partial_dir(out).is_dir()  # nothing half-written in place
     out, report = run_distill(cfg)
@@ -102,7 +111,10 @@ def test_killed_run_resumes_on_the_same_loss_curve(tiny_model_dir, tmp_path, dat
     torch.testing.assert_close(_weights(out)["model.norm.weight"], _weights(ref_out)["model.norm.weight"])
 
 
-def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path):
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path, tau):
+    """A cache of the full vocabulary built at the loss's temperature gives the online teacher's loss; a cache of
+    another temperature is refused."""
     from transformers import TrainingArguments
 
     from tests.conftest import build_tiny
@@ -112,14 +124,43 @@ def test_cached_full_topk_equals_the_online_teacher(real_tokenizer, tmp_path):
     student, teacher = build_tiny("llama", tok, seed=2), build_tiny("llama", tok, seed=1)
     blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=2)
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
-    online = DistillTrainer(model=student, args=args, teacher=teacher, loss="jsd", beta=0.3)
-    cached = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3)
-    full = teacher_topk(teacher, blocks, k=teacher.config.vocab_size)  # K = V: the tail is empty
+    online = DistillTrainer(model=student, args=args, teacher=teacher, loss="jsd", beta=0.3, temperature=tau)
+    cached = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3, temperature=tau)
+    full = teacher_topk(teacher, blocks, k=teacher.config.vocab_size, temperature=tau)  # K = V: the tail is empty
     batch = torch.utils.data.default_collate([BlockDataset(blocks, full)[i] for i in range(2)])
     plain = {k: v for k, v in batch.items() if not k.startswith("teacher")}
-    torch.testing.assert_close(cached.compute_loss(student, batch), online.compute_loss(student, plain), rtol=1e-4, atol=1e-5)
+    assert_float32_close(cached.compute_loss(student, batch), online.compute_loss(student, plain),
+                         terms=teacher.config.vocab_size, what="loss")
     with pytest.raises(ValueError, match="needs a teacher"):
         cached.compute_loss(student, plain)
+    other = DistillTrainer(model=student, args=args, loss="jsd", beta=0.3, temperature=tau + 1)
+    with pytest.raises(ValueError, match=f"taken at temperature {tau} but the loss runs at temperature {tau + 1}"):
+        other.compute_loss(student, batch)
+
+
+def test_teacher_cache_is_keyed_on_temperature_and_stores_the_exact_tail(real_tokenizer, tmp_path):
+    from tests.conftest import build_tiny
+    from xtok.distill.teacher_cache import build_cache
+
+    tok = real_tokenizer("smollm2-135m")
+    teacher = build_tiny("llama", tok, seed=1)
+    blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=3)
+    folder = tmp_path / "cache"
+    at_1 = build_cache(folder, teacher, "t", blocks, 4, batch_size=2)
+    at_2 = build_cache(folder, teacher, "t", blocks, 4, batch_size=2, temperature=2.0)  # another key: rebuilt
+    again = build_cache(folder, None, "t", blocks, 4, temperature=2.0)  # reused: no teacher needed
+    assert (at_1.temperature, at_2.temperature, again.temperature) == (1.0, 2.0, 2.0)
+    for name in ("logprobs", "ids", "tail"):
+        assert torch.equal(getattr(again, name), getattr(at_2, name))
+    with torch.no_grad():
+        logits = teacher(input_ids=blocks).logits.double()
+    for tau, top in ((1.0, at_1), (2.0, at_2)):  # float64: the tail is the mass outside the top 4, at tau
+        p = torch.softmax(logits / tau, -1)
+        outside = p.sum(-1) - p.gather(-1, top.ids.long()).sum(-1)
+        torch.testing.assert_close(top.logprobs.double(), p.gather(-1, top.ids.long()).log(), rtol=0.0,
+                                   atol=8 * EPS32 * (1 + float(p.log().abs().max())))
+        torch.testing.assert_close(top.tail.double().exp(), outside, rtol=8 * EPS32 * (1 + float(p.log().abs().max())),
+                                   atol=0.0)
 
 
 def test_lora_stage_and_plain_ce_without_teacher(tiny_model_dir, tmp_path, data_file):
@@ -207,3 +248,28 @@ def test_on_policy_batches_are_student_samples_scored_by_the_teacher(real_tokeni
     with pytest.raises(ValueError, match="teacher_cache.top_k: null"):
         config_from_dict({"recipe": "distill", "student": "s", "teacher": "t", "out": "o", "on_policy": {"lmbda": 0.5},
                           "stages": [{"train": "full", "steps": 1, "learning_rate": 1e-3}]})
+
+
+@pytest.mark.parametrize("how", ["accelerate launch (env)", "accelerator state"])
+def test_an_fsdp_launch_is_refused_before_any_model_loads(tmp_path, data_file, monkeypatch, how):
+    """FSDP is not offered (only rank 0 would save the sharded model, fused_head calls the unwrapped head): a launch
+    under it stops with the DDP command to use, before a model is loaded."""
+    import xtok.distill.run as run_mod
+
+    if how.endswith("(env)"):
+        monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for distributed_type: FSDP
+    else:
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
+
+        monkeypatch.setattr(AcceleratorState, "_shared_state", {"distributed_type": DistributedType.FSDP})
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the FSDP launch was refused")
+
+    monkeypatch.setattr(run_mod, "load_model", no_model)
+    monkeypatch.setattr(run_mod, "load_tokenizer", no_model)
+    cfg = _cfg(tmp_path, tmp_path / "student", tmp_path / "teacher", data_file)
+    with pytest.raises(ValueError, match=r"FSDP.*configs/accelerate/gpu_ddp\.yaml.*torchrun"):
+        run_distill(cfg)
+    assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()

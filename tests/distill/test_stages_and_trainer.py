@@ -1,9 +1,10 @@
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from tests.conftest import build_tiny
+from tests.distill.tolerance import assert_float32_close
 from xtok.distill.stages import select_trainable
 from xtok.distill.trainer import DistillTrainer
 from xtok.losses.kd import distill_loss
@@ -34,13 +35,27 @@ def _data(tok, texts, length):
                               "labels": labels.tolist()})
 
 
-def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum, fused=False):
+def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum, fused=False, path="counted"):
+    """The summed gradient of one optimizer step (learning rate 0), through the Trainer's own training loop.
+
+    ``path`` picks what reaches ``compute_loss``: "counted" (the model accepts loss kwargs, so the Trainer counts
+    the accumulated tokens), "model-without-loss-kwargs" (a model the Trainer passes ``num_items_in_batch=None``
+    for, like Qwen2.5-VL or Gemma-4) or "none-reaches-the-loss" (no count at all arrives in ``training_step``).
+    """
     args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=bs, gradient_accumulation_steps=accum,
                              max_steps=1, learning_rate=0.0, report_to=[], use_cpu=True, save_strategy="no",
                              logging_strategy="no", dataloader_drop_last=False, seed=0, data_seed=0)
     grads = {}
     trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, fused_head=fused)
-    trainer.train_dataset = ds
+    if path == "model-without-loss-kwargs":
+        trainer.model_accepts_loss_kwargs = False
+        labels = {"labels": torch.tensor(ds["labels"])}
+        assert Trainer._get_num_items_in_batch(trainer, [labels], args.device) is None  # what transformers would pass
+    elif path == "none-reaches-the-loss":
+        trainer.get_batch_samples = lambda *a: (type(trainer).get_batch_samples(trainer, *a)[0], None)
+    seen = []
+    compute_loss = trainer.compute_loss
+    trainer.compute_loss = lambda *a, **k: seen.append(k.get("num_items_in_batch")) or compute_loss(*a, **k)
     hook = [p.register_hook(lambda g, n=n: grads.__setitem__(n, grads.get(n, 0) + g.clone()))
             for n, p in student.named_parameters() if p.requires_grad]
     from torch.utils.data import SequentialSampler
@@ -48,20 +63,31 @@ def _grads_after_one_step(student, teacher, ds, tmp_path, bs, accum, fused=False
     trainer.train()
     for h in hook:
         h.remove()
+    assert len(seen) == accum and (path != "none-reaches-the-loss" or seen[0] is None)
     return grads
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path, fused):
-    """Two micro-batches with different token counts accumulate to the gradient of the one full batch."""
+@pytest.mark.parametrize("path,fused,texts", [
+    ("counted", False, "unequal"), ("counted", True, "unequal"),
+    ("model-without-loss-kwargs", False, "unequal"), ("model-without-loss-kwargs", True, "unequal"),
+    ("none-reaches-the-loss", False, "equal")])
+def test_loss_is_correct_under_gradient_accumulation(real_tokenizer, tmp_path, path, fused, texts):
+    """Two micro-batches accumulate to the gradient of the one full batch: exactly when their token counts differ
+    and the Trainer counts them (or would pass None, and the trainer counts them itself); when no count reaches the
+    loss at all, each micro-batch's mean is divided by the accumulation steps (exact for equal counts)."""
     tok = real_tokenizer("smollm2-135m")
     teacher = build_tiny("llama", tok, seed=1)
-    ds = _data(tok, ["a short one", "a much longer second sentence with many more tokens in it, really"], 24)
+    long = ("a much longer second sentence with many more tokens in it, really, and then some more words, enough of "
+            "them to fill every position of the block")
+    ds = _data(tok, ["a short one", long] if texts == "unequal" else [long, long[::-1]], 24)
+    counts = [sum(1 for x in row[1:] if x != -100) for row in ds["labels"]]
+    assert (counts[0] != counts[1]) == (texts == "unequal"), counts
     g_full = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "a", bs=2, accum=1)
-    g_acc = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "b", bs=1, accum=2, fused=fused)
+    g_acc = _grads_after_one_step(build_tiny("llama", tok, seed=2), teacher, ds, tmp_path / "b", bs=1, accum=2, fused=fused,
+                                  path=path)
     assert g_full.keys() == g_acc.keys()
     for n in g_full:
-        torch.testing.assert_close(g_acc[n], g_full[n], rtol=1e-4, atol=1e-6)
+        assert_float32_close(g_acc[n], g_full[n], terms=len(tok), what=n)
 
 
 @pytest.mark.parametrize("loss,beta", [("forward_kl", 0.0), ("reverse_kl", 1.0), ("jsd", 0.3)])
@@ -78,7 +104,7 @@ def test_compute_loss_equals_the_pure_loss(real_tokenizer, tmp_path, loss, beta)
         t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     mask = batch["labels"][:, 1:] != -100
     ref, n = distill_loss(s, t, mask, beta=beta)
-    torch.testing.assert_close(got, ref / n)
+    assert_float32_close(got, ref / n, terms=len(tok), what=loss)
 
 
 def test_clear_errors(real_tokenizer, tmp_path):
@@ -114,7 +140,8 @@ def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokeniz
     batch["labels"][:, 3:6] = -100
     if teacher_kind == "topk":
         topk = teacher_topk(teacher, batch["input_ids"], 5, batch_size=2)
-        batch |= {"teacher_topk_logprobs": topk[0], "teacher_topk_ids": topk[1].long()}
+        batch |= {"teacher_topk_logprobs": topk.logprobs, "teacher_topk_ids": topk.ids.long(),
+                  "teacher_topk_tail": topk.tail, "teacher_topk_temperature": torch.ones(2)}
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     results = []
     for fused in (True, False):
@@ -127,7 +154,8 @@ def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokeniz
         assert trainer.fused_head is fused  # the check against the model's own logits passed
         results.append((loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()}))
     (l_fused, g_fused), (l_full, g_full) = results
-    torch.testing.assert_close(l_fused, l_full, rtol=1e-5, atol=1e-6)
+    vocab = student.config.vocab_size  # the longest float32 sum on the way to the loss and every gradient
+    assert_float32_close(l_fused, l_full, terms=vocab, what="loss")
     assert g_fused.keys() == g_full.keys()
     for n in g_full:
-        torch.testing.assert_close(g_fused[n], g_full[n], rtol=1e-4, atol=1e-6)
+        assert_float32_close(g_fused[n], g_full[n], terms=vocab, what=n)

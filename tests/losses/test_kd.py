@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xtok.losses.kd import cross_entropy_sum, distill_loss, topk_distill_loss
+from tests.distill.tolerance import EPS32, SAFETY, float32_atol
+from xtok.losses.kd import cross_entropy_sum, distill_loss, teacher_topk_from_logits, topk_distill_loss
 from xtok.registry import LOSSES
 
 
@@ -68,31 +69,91 @@ def test_temperature_scales_by_tau_squared(logits):
     torch.testing.assert_close(got, ref)
 
 
+@pytest.mark.parametrize("tau", [1.0, 2.0])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
-def test_topk_with_full_vocab_equals_full_loss(logits, beta):
+def test_topk_with_full_vocab_equals_full_loss(logits, beta, tau):
+    """K = V: no tail, so the top-k loss is the dense loss, at any temperature the cache was built at."""
     s, t = logits
-    t_lp = F.log_softmax(t, -1)
-    vals, ids = t_lp.topk(11, dim=-1)
-    full, _ = distill_loss(s, t, beta=beta)
-    top, _ = topk_distill_loss(s, vals, ids, beta=beta)
-    torch.testing.assert_close(top, full, rtol=1e-4, atol=1e-5)
+    top, _ = topk_distill_loss(s, teacher_topk_from_logits(t, 11, tau), beta=beta, temperature=tau)
+    full, _ = distill_loss(s, t, beta=beta, temperature=tau)
+    atol = float32_atol(full, terms=s.numel())
+    torch.testing.assert_close(top, full, rtol=0.0, atol=atol)
+    if beta in (0.0, 1.0):  # independent of distill_loss: torch's kl_div, times tau^2 (Hinton)
+        s_lp, t_lp = F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1)
+        a, b = (s_lp, t_lp) if beta == 0.0 else (t_lp, s_lp)
+        ref = F.kl_div(a, b, log_target=True, reduction="sum") * tau**2
+        torch.testing.assert_close(top, ref, rtol=0.0, atol=atol)
 
 
-def test_topk_tail_bucket_matches_a_dense_reference(logits):
+def test_topk_refuses_a_teacher_of_another_temperature(logits):
+    """A tail bucket cannot be re-tempered (its tokens need tempering one by one): a cache of another temperature is
+    refused, naming both values and the fix."""
     s, t = logits
-    t_lp = F.log_softmax(t.double(), -1)
-    vals, ids = t_lp.topk(3, dim=-1)
-    got, _ = topk_distill_loss(s, vals.float(), ids, beta=0.0)
-    s_lp = F.log_softmax(s.double(), -1)
-    ref = 0.0
-    for i in range(2):
-        for j in range(5):
-            p = vals[i, j].exp().tolist()
-            q = s_lp[i, j, ids[i, j]].exp().tolist()
-            p.append(1 - sum(p))
-            q.append(1 - sum(q))
-            ref += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
-    assert got.item() == pytest.approx(ref, rel=1e-4)
+    with pytest.raises(ValueError, match=r"temperature 1\.0 but the loss runs at temperature 2\.0; rebuild the teacher cache"):
+        topk_distill_loss(s, teacher_topk_from_logits(t, 3, 1.0), temperature=2.0)
+    with pytest.raises(ValueError, match="must lie in"):
+        teacher_topk_from_logits(t, 12)
+
+
+def _bucket_reference(s, t, k, tau, beta):
+    """Float64, from the definitions: softmax at tau, the teacher's top-k tokens and one bucket summing the rest."""
+    p, q = torch.softmax(t / tau, -1), torch.softmax(s / tau, -1)  # (B, T, V)
+    ids = p.topk(k, -1).indices
+    rest = torch.ones_like(p, dtype=torch.bool).scatter(-1, ids, False)
+    big_p = torch.cat([p.gather(-1, ids), (p * rest).sum(-1, keepdim=True)], -1)  # (B, T, K+1)
+    big_q = torch.cat([q.gather(-1, ids), (q * rest).sum(-1, keepdim=True)], -1)
+
+    def kl(a, b):
+        return (a * (a / b).log()).sum()
+
+    m = beta * big_p + (1 - beta) * big_q
+    d = kl(big_p, big_q) if beta == 0 else kl(big_q, big_p) if beta == 1 else beta * kl(big_p, m) + (1 - beta) * kl(big_q, m)
+    return d * tau**2, rest
+
+
+def _shift_tail_mass(x, ids, tau, mass):
+    """Move the logits outside ``ids`` so that, at ``tau``, they hold exactly ``mass`` of the probability."""
+    rest = torch.ones_like(x, dtype=torch.bool).scatter(-1, ids, False)
+    lse_rest = torch.logsumexp((x / tau).masked_fill(~rest, -math.inf), -1, keepdim=True)
+    lse_top = torch.logsumexp((x / tau).masked_fill(rest, -math.inf), -1, keepdim=True)
+    c = math.log(mass / (1 - mass)) - (lse_rest - lse_top)
+    return torch.where(rest, x + tau * c, x)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("case", ["random", "student top-k holds 1-1e-9", "teacher top-k holds 1-1e-9"])
+def test_topk_loss_and_gradient_match_a_float64_dense_reference(case, beta, tau):
+    """Loss and gradient of the float32 top-k loss against autograd of the float64 definition, with the tail bucket
+    nearly empty for the student (its log-mass must be exact and carry a gradient: log(1 - sum p) in float32 gives
+    log 0) or for the teacher."""
+    g = torch.Generator().manual_seed(0)
+    v, k = 11, 3
+    t = torch.randn(2, 5, v, generator=g, dtype=torch.float64) * 2
+    s = torch.randn(2, 5, v, generator=g, dtype=torch.float64) * 2
+    ids = torch.softmax(t / tau, -1).topk(k, -1).indices
+    if case.startswith("student"):
+        s = _shift_tail_mass(s, ids, tau, 1e-9)
+    elif case.startswith("teacher"):
+        t = _shift_tail_mass(t, ids, tau, 1e-9)
+    s64 = s.clone().requires_grad_(True)
+    ref, rest = _bucket_reference(s64, t, k, tau, beta)
+    ref.backward()
+    s32 = s.float().requires_grad_(True)
+    got, n = topk_distill_loss(s32, teacher_topk_from_logits(t.float(), k, tau), beta=beta, temperature=tau)
+    got.backward()
+    assert n == 10
+    # Float32 log-probs err by eps * |log p| (absolute), so the largest |log| of any bucket, L, scales the noise.
+    big = torch.cat([torch.log_softmax(x / tau, -1).abs().flatten() for x in (s, t)]).max().item()
+    L = max(big, -math.log(1e-9))
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=0.0, atol=float32_atol(ref, terms=v * n) * (1 + L))
+    torch.testing.assert_close(s32.grad.double(), s64.grad, rtol=0.0, atol=float32_atol(s64.grad, terms=v) * (1 + L))
+    if case.startswith("student"):
+        # The tail logits' gradient: non-zero and, being one product of float32 factors each good to eps * L (no
+        # cancellation when the tail is this small), equal to the reference element by element.
+        tail_ref, tail_got = s64.grad[rest], s32.grad.double()[rest]
+        assert (tail_ref != 0).all() and (tail_got != 0).all()
+        torch.testing.assert_close(tail_got, tail_ref, rtol=SAFETY * EPS32 * (1 + L), atol=0.0)
 
 
 def test_cross_entropy_sum_equals_torch(logits):

@@ -1,6 +1,7 @@
 """`xtok distill` through the real CLI: one process, and two CPU processes under torchrun (DDP over gloo)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -45,6 +46,9 @@ def test_distill_cli_single_process(config, tmp_path):
     res = xtok("distill", "--config", str(config), "stages.1.steps=1", "--out", str(tmp_path / "o1"))
     assert res.returncode == 0, res.stderr
     assert "stage-1-embeddings" in res.stdout and "stage-2-full" in res.stdout
+    # a bar with the time left for the teacher cache and for each stage's steps
+    assert re.search(r"teacher cache: 100%\|.*\| 8/8 \[\d\d:\d\d<00:00", res.stderr), res.stderr[-2000:]
+    assert re.search(r"100%\|.*\| 1/1 \[\d\d:\d\d<00:00", res.stderr), res.stderr[-2000:]
     assert _epochs(tmp_path / "o1") == (1, [0.25, 0.125])  # 2 and 1 steps of 1 of 8 sequences
     AutoModelForCausalLM.from_pretrained(tmp_path / "o1")
     again = xtok("distill", "--config", str(config), "--out", str(tmp_path / "o1"))

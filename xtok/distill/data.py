@@ -18,6 +18,7 @@ import torch
 from xtok.config import DataConfig
 from xtok.corpus import load_corpus
 from xtok.eval.bpb import start_token_id
+from xtok.losses.kd import TeacherTopK
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,13 @@ def teacher_tokenization(student_tok, teacher_tok, blocks: torch.Tensor) -> tupl
 
 
 class BlockDataset(torch.utils.data.Dataset):
-    """Packed blocks as Trainer examples, with the cached teacher top-k, or the teacher's own tokenization of the
-    same text (``uld``), joined in when given."""
+    """Packed blocks as Trainer examples, with the cached teacher top-k (a ``TeacherTopK`` over the blocks), or the
+    teacher's own tokenization of the same text (``uld``), joined in when given."""
 
-    def __init__(self, blocks: torch.Tensor, teacher_topk: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def __init__(self, blocks: torch.Tensor, teacher_topk: TeacherTopK | None = None,
                  teacher_tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
-        if teacher_topk is not None and teacher_topk[0].shape[:2] != blocks.shape:
-            raise ValueError(f"teacher cache covers {tuple(teacher_topk[0].shape[:2])} positions, the data "
+        if teacher_topk is not None and teacher_topk.logprobs.shape[:2] != blocks.shape:
+            raise ValueError(f"teacher cache covers {tuple(teacher_topk.logprobs.shape[:2])} positions, the data "
                              f"{tuple(blocks.shape)}; delete the cache so it is rebuilt")
         self.blocks, self.topk, self.teacher_tokens = blocks, teacher_topk, teacher_tokens
 
@@ -99,8 +100,10 @@ class BlockDataset(torch.utils.data.Dataset):
         ids = self.blocks[i]
         item = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
         if self.topk is not None:
-            item["teacher_topk_logprobs"] = self.topk[0][i].float()
-            item["teacher_topk_ids"] = self.topk[1][i].long()
+            item["teacher_topk_logprobs"] = self.topk.logprobs[i].float()
+            item["teacher_topk_ids"] = self.topk.ids[i].long()
+            item["teacher_topk_tail"] = self.topk.tail[i].float()
+            item["teacher_topk_temperature"] = torch.tensor(self.topk.temperature, dtype=torch.float32)
         if self.teacher_tokens is not None:
             item["teacher_input_ids"], item["teacher_attention_mask"] = self.teacher_tokens[0][i], self.teacher_tokens[1][i]
         return item

@@ -5,7 +5,8 @@ every stage has finished, so ``out`` is always complete: the final Hugging Face 
 level, each stage's boundary model under ``stages/``, the loss curves in ``distill_log.json``. A
 rerun with the same config resumes: finished stages are skipped, an interrupted stage continues
 from its last Trainer checkpoint (optimizer, scheduler, RNG and data position included). Under
-``accelerate launch``/``torchrun`` every process runs this function; the main process writes.
+``accelerate launch``/``torchrun`` (DDP) every process runs this function; the main process writes.
+An FSDP launch is refused (``check_launch``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 from accelerate import PartialState
-from transformers import AutoConfig, TrainerCallback, TrainingArguments
+from transformers import AutoConfig, PrinterCallback, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
@@ -74,7 +75,7 @@ def check_tokenizers(student_tok, teacher_tok, student_spec: str, teacher_spec: 
                          f"vocabulary; transplant first: xtok transplant --student {student_spec} --teacher {teacher_spec}")
 
 
-def _training_args(cfg: DistillConfig, stage, folder: Path) -> TrainingArguments:
+def _training_args(cfg: DistillConfig, stage, folder: Path, progress: bool) -> TrainingArguments:
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(folder / "checkpoints"), use_cpu=not cuda, max_steps=stage.steps,
@@ -83,7 +84,7 @@ def _training_args(cfg: DistillConfig, stage, folder: Path) -> TrainingArguments
         gradient_accumulation_steps=cfg.grad_accum, logging_steps=cfg.logging_steps, logging_first_step=True,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to=list(cfg.report_to),
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, ddp_find_unused_parameters=False,
-        dataloader_num_workers=0, dataloader_pin_memory=cuda, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_pin_memory=cuda, disable_tqdm=not progress,
     )
 
 
@@ -94,7 +95,7 @@ def _save_model(model, tokenizer, folder: Path) -> None:
 
 
 def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, teacher, dataset, run: Path,
-               state: PartialState, callbacks) -> dict:
+               state: PartialState, callbacks, progress: bool) -> dict:
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
@@ -102,12 +103,14 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
              stage.steps)
-    args = _training_args(cfg, stage, folder)
+    args = _training_args(cfg, stage, folder, progress)
     trainer = DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, teacher=teacher,
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
                              sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
                              callbacks=list(callbacks))
+    if not progress:  # quiet as a library: the losses are in the returned log_history
+        trainer.remove_callback(PrinterCallback)
     ckpt = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     if ckpt:
         log.info("%s: resuming from %s", stage_name(i, stage), ckpt)
@@ -130,8 +133,42 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     return summary
 
 
-def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbacks: tuple[TrainerCallback, ...] = ()) -> tuple[Path, dict]:
-    """Run (or resume) every stage of ``cfg``; returns the output folder and the run's report."""
+def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbacks: tuple[TrainerCallback, ...] = (),
+                progress: bool = False) -> tuple[Path, dict]:
+    """Run (or resume) every stage of ``cfg``; returns the output folder and the run's report.
+
+    ``progress`` shows progress bars with the time left (the teacher cache, each stage's steps, and the losses
+    as they are logged) on the main process; off, the run prints nothing (transformers' own bars included)."""
+    from transformers.utils import logging as hf_logging
+
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        return _run_distill(cfg, cache_dir, callbacks, progress)
+    finally:
+        if bars_were_on and not progress:
+            hf_logging.enable_progress_bar()
+
+
+def check_launch() -> None:
+    """Refuse an FSDP launch (accelerate's distributed_type FSDP), which this job does not support: under FSDP only
+    the main process would save the sharded model, and ``fused_head`` calls the unwrapped head."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DistributedType, parse_flag_from_env
+
+    # `accelerate launch` with distributed_type FSDP sets ACCELERATE_USE_FSDP in every process; an Accelerator made
+    # earlier in this process records it in its state.
+    if parse_flag_from_env("ACCELERATE_USE_FSDP") or (
+            AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP):
+        raise ValueError("xtok distill does not support FSDP (sharded students are not saved by every process, and "
+                         "fused_head needs the whole output head); launch it with DDP instead: accelerate launch "
+                         "--config_file configs/accelerate/gpu_ddp.yaml -m xtok distill --config ..., or torchrun "
+                         "--nproc_per_node N -m xtok distill --config ...")
+
+
+def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tuple[Path, dict]:
+    check_launch()  # before any model is loaded
     # Without a GPU, say so: only then do accelerate and the Trainer treat a torchrun/accelerate launch as CPU DDP (gloo).
     state = PartialState(cpu=not torch.cuda.is_available())
     out = check_output_path(cfg.out, cfg.overwrite) if state.is_main_process else Path(cfg.out).expanduser().resolve()
@@ -157,7 +194,8 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
         if teacher_tokens is None and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
-                                   cfg.teacher_cache.batch_size)
+                                   cfg.teacher_cache.batch_size, temperature=cfg.temperature,
+                                   progress=progress and state.is_main_process)
             teacher = None  # the cache replaces the online teacher; free its memory
     dataset = BlockDataset(blocks, topk, teacher_tokens)
     summaries = []
@@ -168,7 +206,8 @@ def run_distill(cfg: DistillConfig, cache_dir: str | Path | None = None, callbac
             log.info("%s: done in an earlier run, skipped", stage_name(i, stage))
             summaries.append(json.loads((folder / "summary.json").read_text()))
         else:
-            summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks))
+            summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks,
+                                        progress))
         model_spec = str(folder / "model")
     report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
               "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if topk is not None else None,

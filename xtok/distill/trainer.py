@@ -3,8 +3,9 @@
 Being a plain Trainer, checkpoints, resume, ``report_to``, gradient accumulation and
 ``accelerate launch`` work as they do for any Trainer. The loss is summed over target positions
 and divided by the number of target positions of the *whole* accumulated batch
-(``num_items_in_batch``), so accumulating 4 micro-batches equals one batch of 4 even when the
-micro-batches hold different numbers of tokens.
+(``num_items_in_batch``, counted by this trainer for every model, also those transformers passes
+``None`` for), so accumulating 4 micro-batches equals one batch of 4 even when the micro-batches
+hold different numbers of tokens.
 
 With ``fused_head`` the output head is applied chunk by chunk over the sequence inside activation
 checkpoints: the model's forward returns only its final hidden states, and each chunk's logits,
@@ -39,8 +40,8 @@ def check_same_vocab(student, teacher) -> None:
 
 class DistillTrainer(Trainer):
     """``loss`` names a registered loss (``xtok.losses``); the teacher is a model run online, or absent when the
-    batches carry cached top-k teacher log-probs (``teacher_topk_logprobs``/``teacher_topk_ids``, (B, T, K)) or the
-    loss needs no teacher (``ce``)."""
+    batches carry a cached top-k teacher (``BlockDataset`` with a ``TeacherTopK``: ``teacher_topk_logprobs``/``_ids``
+    (B, T, K), ``_tail`` (B, T), ``_temperature`` (B,)) or the loss needs no teacher (``ce``)."""
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
@@ -61,7 +62,9 @@ class DistillTrainer(Trainer):
             raise ValueError(f"ce_weight={ce_weight} must lie in [0, 1]")
         self.teacher, self.loss_name = teacher, loss
         self.beta, self.temperature, self.ce_weight, self.loss_chunk = beta, temperature, ce_weight, loss_chunk
-        self.loss_is_scaled_for_ga = True  # compute_loss divides by the accumulated token count itself
+        # Whether compute_loss divided by the accumulated token count (True) or by the micro-batch's own (False,
+        # then training_step divides by the accumulation steps); set per micro-batch in training_step.
+        self.loss_is_scaled_for_ga = True
         # uld aligns whole sequences of two tokenizations: it takes the full logits
         self.fused_head = fused_head and LOSSES.meta(loss).get("same_vocab", True)
 
@@ -86,9 +89,26 @@ class DistillTrainer(Trainer):
             pad_token_id=self.model.config.eos_token_id)
         return {**inputs, "input_ids": gen, "labels": gen, "attention_mask": torch.ones_like(gen)}
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The micro-batches of one optimizer step and their target-token count, counted here for every model.
+
+        transformers counts only for models that accept loss kwargs (others get ``None``: Qwen2.5-VL, Gemma-4,
+        ...) and counts ``labels[..., 1:]`` only for its own causal-LM loss types; this loss predicts from every
+        position whose next label is not -100, whatever the model, so the count is taken here the same way.
+        """
+        batches, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batches or any("labels" not in b for b in batches):
+            return batches, None
+        count = sum((b["labels"][:, 1:] != -100).sum() for b in batches).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()  # compute_loss multiplies back by the process count
+        return batches, count
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.on_policy and self._coin():
             inputs = self._student_samples(model, inputs)
+        # Without the accumulated count the loss is this micro-batch's mean: let the Trainer divide it by the steps.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _teacher_view(self, inputs, fwd):
@@ -96,7 +116,12 @@ class DistillTrainer(Trainer):
         if not self.needs_teacher:
             return None
         if "teacher_topk_ids" in inputs:
-            return TeacherTopK(inputs["teacher_topk_logprobs"][:, :-1], inputs["teacher_topk_ids"][:, :-1])
+            temps = inputs["teacher_topk_temperature"].flatten().tolist()  # (B,): one per cached sequence
+            if max(temps) - min(temps) > 1e-6 * max(temps):
+                raise ValueError(f"one batch mixes teacher caches of temperatures {sorted(set(temps))}; rebuild the cache")
+            top = TeacherTopK(inputs["teacher_topk_logprobs"], inputs["teacher_topk_ids"], inputs["teacher_topk_tail"],
+                              temps[0])
+            return top.positions(slice(None, -1))
         if self.teacher is None:
             raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
         if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld)
@@ -144,8 +169,8 @@ class DistillTrainer(Trainer):
             pos = slice(s, s + self.loss_chunk)
             if not mask[:, pos].any():
                 continue
-            part = teacher if teacher is None else (TeacherTopK(teacher.logprobs[:, pos], teacher.ids[:, pos])
-                                                     if isinstance(teacher, TeacherTopK) else teacher[:, pos])
+            part = teacher if teacher is None else (teacher.positions(pos) if isinstance(teacher, TeacherTopK)
+                                                     else teacher[:, pos])
             fn = functools.partial(self._chunk_loss, teacher=part, mask=mask[:, pos], targets=targets[:, pos], head=head)
             total = total + checkpoint(fn, hidden[:, pos], use_reentrant=False)
         return total, mask.sum(), outputs

@@ -86,8 +86,7 @@ def distill_loss(
 
 def topk_distill_loss(
     student_logits: torch.Tensor,  # (B, T, V)
-    teacher_topk_logprobs: torch.Tensor,  # (B, T, K) teacher log-probs of its top-K tokens (at temperature 1)
-    teacher_topk_ids: torch.Tensor,  # (B, T, K) long
+    teacher: TeacherTopK,  # (B, T, K) top-K log-probs and ids, (B, T) tail log-mass, at teacher.temperature
     mask: torch.Tensor | None = None,  # (B, T)
     *,
     beta: float = 0.0,
@@ -96,32 +95,55 @@ def topk_distill_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The divergence over K+1 buckets: the teacher's top-K tokens and one tail bucket holding the rest.
 
-    With K = V this equals ``distill_loss`` (the tail is empty). ``temperature`` re-tempers the stored
-    teacher log-probs (renormalized over the top-K and tail) and the student logits alike.
+    With K = V this equals ``distill_loss`` (there is no tail). The teacher's log-probs must have been taken at
+    the loss's ``temperature`` (``teacher_topk_from_logits(logits, k, temperature)``): a temperature cannot be
+    applied afterwards, since the tail bucket is a sum over tokens that each need their own tempering.
+    The student's tail log-mass is a logsumexp over its log-probs outside the top K: exact, and differentiable
+    however close the top K comes to holding all the mass.
     """
-    _check(student_logits, tuple(teacher_topk_logprobs.shape), mask, beta, temperature)
+    _check(student_logits, tuple(teacher.logprobs.shape), mask, beta, temperature)
+    if not math.isclose(teacher.temperature, temperature, rel_tol=1e-6):
+        raise ValueError(f"the teacher's top-k log-probs were taken at temperature {teacher.temperature} but the loss "
+                         f"runs at temperature {temperature}; rebuild the teacher cache at temperature {temperature} "
+                         f"(xtok distill does so when the config's temperature changes) or set temperature: "
+                         f"{teacher.temperature}")
+    vocab, k = student_logits.shape[-1], teacher.ids.shape[-1]
+    if k > vocab:
+        raise ValueError(f"the teacher's top-{k} exceeds the student's vocabulary of {vocab}; transplant the student "
+                         "to the teacher's tokenizer first (xtok transplant)")
     mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
     for pos, m in _counted_chunks(mask, chunk):
         s_logp = torch.log_softmax(student_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
-        ids = teacher_topk_ids[:, pos][m]  # (N, K)
-        t_top = teacher_topk_logprobs[:, pos][m].float()  # (N, K)
-        if temperature != 1.0:  # re-temper: log p^(1/τ), renormalized with the tail treated as one token
-            tail = torch.log1p(-t_top.exp().sum(-1).clamp(max=1 - 1e-7))
-            both = torch.cat([t_top, tail.unsqueeze(-1)], dim=-1) / temperature
-            both = both - torch.logsumexp(both, dim=-1, keepdim=True)
-            t_top = both[:, :-1]
-        s_top = s_logp.gather(-1, ids)  # (N, K)
-        t_b = _with_tail(t_top)
-        s_b = _with_tail(s_top)
+        ids = teacher.ids[:, pos][m].long()  # (N, K)
+        s_b, t_b = s_logp.gather(-1, ids), teacher.logprobs[:, pos][m].float()  # (N, K)
+        if k < vocab:  # the tail bucket: everything outside the teacher's top K
+            s_tail = _tail_logmass(s_logp, ids)  # (N,)
+            t_tail = teacher.tail[:, pos][m].float().clamp_min(_LOG_TINY)  # (N,); 0 mass -> the least float32 mass
+            s_b, t_b = torch.cat([s_b, s_tail[:, None]], -1), torch.cat([t_b, t_tail[:, None]], -1)  # (N, K+1)
         total = total + _divergence(s_b, t_b, beta).sum()
     return total * temperature**2, mask.sum()
 
 
-def _with_tail(top_logp: torch.Tensor) -> torch.Tensor:
-    """(N, K) log-probs -> (N, K+1) with log(1 - sum p) as the last bucket (clamped away from log 0)."""
-    tail = torch.log((1 - top_logp.exp().sum(-1)).clamp_min(1e-12))
-    return torch.cat([top_logp, tail.unsqueeze(-1)], dim=-1)
+_LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+
+
+def _tail_logmass(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log of the probability outside ``ids``: (N, V) log-probs, (N, K) ids -> (N,), a logsumexp of the rest."""
+    return torch.logsumexp(logp.scatter(-1, ids, float("-inf")), dim=-1)
+
+
+def teacher_topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 1.0) -> TeacherTopK:
+    """A teacher's top-``k`` view of its logits (..., V) at ``temperature``: float32 log-probs, int32 ids, tail log-mass."""
+    vocab = logits.shape[-1]
+    if not 1 <= k <= vocab:
+        raise ValueError(f"top_k={k} must lie in [1, {vocab}] (the teacher's vocabulary)")
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be positive")
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (..., V)
+    top = logp.topk(k, dim=-1)
+    tail = _tail_logmass(logp, top.indices) if k < vocab else logp.new_full(logp.shape[:-1], float("-inf"))
+    return TeacherTopK(top.values, top.indices.int(), tail, float(temperature))
 
 
 def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor | None = None,
@@ -145,17 +167,29 @@ class TeacherOtherVocab:
 
 @dataclass(frozen=True)
 class TeacherTopK:
-    """A teacher's stored top-K log-probs (temperature 1) and their token ids, both (B, T, K)."""
+    """A teacher's top-K next tokens at ``temperature``: log_softmax(logits / temperature) over the full vocabulary
+    at those ids, the ids, both (B, T, K), and ``tail`` (B, T), the log of the probability of all other tokens
+    (a logsumexp over them, -inf when K = V). Built by ``teacher_topk_from_logits``."""
 
     logprobs: torch.Tensor
     ids: torch.Tensor
+    tail: torch.Tensor
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        if self.logprobs.shape != self.ids.shape or self.tail.shape != self.logprobs.shape[:-1]:
+            raise ValueError(f"top-k log-probs {tuple(self.logprobs.shape)}, ids {tuple(self.ids.shape)} and tail "
+                             f"{tuple(self.tail.shape)} must be (B, T, K), (B, T, K) and (B, T)")
+
+    def positions(self, pos: slice) -> TeacherTopK:
+        """The view of positions ``pos`` (a slice of T)."""
+        return TeacherTopK(self.logprobs[:, pos], self.ids[:, pos], self.tail[:, pos], self.temperature)
 
 
 def divergence_loss(student_logits, teacher, mask=None, *, beta: float, temperature: float = 1.0, chunk: int = 128):
     """``distill_loss`` for full teacher logits (B, T, V), ``topk_distill_loss`` for a ``TeacherTopK``."""
     if isinstance(teacher, TeacherTopK):
-        return topk_distill_loss(student_logits, teacher.logprobs, teacher.ids, mask, beta=beta, temperature=temperature,
-                                 chunk=chunk)
+        return topk_distill_loss(student_logits, teacher, mask, beta=beta, temperature=temperature, chunk=chunk)
     return distill_loss(student_logits, teacher, mask, beta=beta, temperature=temperature, chunk=chunk)
 
 

@@ -2,7 +2,9 @@
 
 Each finished stage leaves ``<run>/stages.json`` an entry {key, result}; ``key`` is a hash of the
 stage's settings and the keys of the stages it consumes, so changing a setting reruns that stage and
-every stage downstream of it, and nothing else.
+every stage downstream of it, and nothing else. A stage run from a config is keyed by ``config_key``:
+the full resolved config (defaults included) and the xtok version, so a release that changes a default
+or the code reruns what it changes instead of reusing an output the current code would not make.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel
 
 from xtok.utils.io import write_json
 
@@ -25,6 +29,15 @@ LEDGER = "stages.json"
 def stage_key(settings: Any, *upstream: str) -> str:
     blob = json.dumps([settings, list(upstream)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_key(config: BaseModel, *upstream: str, exclude: Iterable[str] = ("out", "overwrite")) -> str:
+    """The key of a stage that runs ``config``: every resolved field (defaults too) but ``exclude`` (where it writes,
+    not what it computes), the xtok version, and the keys of the stages it consumes."""
+    import xtok
+
+    settings = config.model_dump(mode="json", exclude=set(exclude))
+    return stage_key({"config": settings, "xtok": xtok.__version__}, *upstream)
 
 
 class Pipeline:
