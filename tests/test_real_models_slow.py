@@ -84,7 +84,8 @@ def test_transplanted_model_writes_the_students_fluent_text(pair):
     for prompt in PROMPTS:
         own, text = greedy(student, s_tok, prompt), greedy(model, t_tok, prompt)
         words = text.split()
-        assert len(words) >= 10, f"{prompt!r} -> {text!r}: too short for {NEW_TOKENS} tokens"
+        # greedy text may end at EOS; the student's own continuation says how long it should be
+        assert len(words) >= 0.5 * len(own.split()), f"{prompt!r} -> {text!r} stops early (the student: {own!r})"
         assert len(set(words)) >= 0.5 * len(words), f"{prompt!r} -> {text!r} repeats itself"
         scores.append(bits_per_byte_of_continuation(student, s_tok, prompt, text))
         agree += text[:40] == own[:40]
