@@ -177,7 +177,7 @@ def transplant_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    config: Annotated[str, typer.Option(help="a distill YAML (path or name under configs/distill/)")],
+    config: Annotated[str, typer.Option(help="a distill YAML (path, or name under xtok/configs/distill/; xtok ls)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config, e.g. stages.0.steps=5")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (overrides the config's out)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
@@ -323,16 +323,16 @@ def ensemble_cmd(
 
 @app.command("run")
 def run_cmd(
-    recipe: Annotated[str, typer.Argument(help="a recipe under recipes/ (xtok ls)")],
-    config: Annotated[str, typer.Option(help="a config name under configs/RECIPE/ or a YAML path")],
+    recipe: Annotated[str, typer.Argument(help="a recipe of xtok.recipes (xtok ls)")],
+    config: Annotated[str, typer.Option(help="a config name under xtok/configs/RECIPE/ (xtok ls) or a YAML path")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config")] = None,
 ) -> None:
     """Run one recipe with one config: xtok run end_to_end --config qwen2.5-coder-0.5b_to_smollm2-135m."""
     from xtok.config import load_config
-    from xtok.recipes import recipe_path, run_recipe
+    from xtok.recipes import check_recipe, run_recipe
 
     try:
-        recipe_path(recipe)
+        check_recipe(recipe)
         cfg = load_config(config, overrides or [], recipe=recipe)
         result = run_recipe(recipe, cfg, State.cache_dir)
     except (ValueError, RuntimeError, OSError) as exc:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # package data: shipped in the wheel
 DType = Literal["float32", "bfloat16"]
 
 
@@ -341,7 +341,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def find_config(name_or_path: str | Path, recipe: str | None = None) -> Path:
-    """A path, or a config name under configs/<recipe>/ (with or without .yaml)."""
+    """A path, or a config name under xtok/configs/<recipe>/ (with or without .yaml)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
@@ -378,7 +378,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None, re
 
 
 def validate_file(name_or_path: str | Path) -> str:
-    """Validate a recipe config, or an accelerate launch config under configs/accelerate/; return its kind."""
+    """Validate a recipe config, or an accelerate launch config under xtok/configs/accelerate/; return its kind."""
     path = find_config(name_or_path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and "compute_environment" in data:
