@@ -63,3 +63,28 @@ def test_models_list_and_ls():
     assert res.returncode == 0 and "recipes (xtok run RECIPE" in res.stdout
     for name in ("end_to_end", "ensemble", "align", "forward_kl", "uld", "vllm", "logprob", "tokalign"):
         assert name in res.stdout, name
+
+
+@pytest.fixture
+def restore_logging():
+    import logging
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+def test_verbosity_levels_match_the_help(restore_logging):
+    import logging
+
+    from xtok.cli import _main
+
+    seen = {}
+    for count in (0, 1, 2, 3):
+        _main(cache_dir=None, verbose=count)
+        seen[count] = logging.getLogger().level
+    assert seen == {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+    res = xtok("--help")
+    assert "-v info, -vv debug" in res.stdout and "default: warnings" in res.stdout

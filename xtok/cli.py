@@ -21,17 +21,27 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+# What a user's input can cause: reported as one line and exit 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, RuntimeError, OSError)
+
+
 class State:
     cache_dir: Optional[Path] = None
+
+
+def log_level(verbose: int) -> int:
+    """No -v: warnings only; -v: info (what each step does); -vv: debug."""
+    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
 
 
 @app.callback()
 def _main(
     cache_dir: Annotated[Optional[Path], typer.Option(envvar="XTOK_CACHE_DIR", help="where converted models live")] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v info, -vv debug")] = 0,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, show_default=False,
+                                         help="-v info, -vv debug (default: warnings only)")] = 0,
 ) -> None:
-    level = logging.WARNING - 10 * min(verbose + 1, 2) if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    logging.basicConfig(level=log_level(verbose), format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     State.cache_dir = cache_dir
@@ -99,7 +109,7 @@ def models_prepare(
     try:
         for name in chosen:
             console.print(f"{name}: {prepare(name, State.cache_dir, force=force)}")
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -131,7 +141,7 @@ def eval_cmd(
         }, "command line")
         out = out or default_output("eval", models)
         results = run_eval(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         for r in results:
@@ -167,7 +177,7 @@ def transplant_cmd(
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     t = report["tokens"]
     console.print(f"transplanted {report['student']} <- {report['teacher']} tokenizer with {report['method']}: "
@@ -190,7 +200,7 @@ def distill_cmd(
     try:
         cfg = load_config(config, extra, recipe="distill")
         folder, report = run_distill(cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     table = Table(title=f"distill {report['teacher']} -> {report['student']} ({report['loss']})")
     for col in ("stage", "steps", "trainable params", "train loss", "tokens/s", "seconds"):
@@ -233,7 +243,7 @@ def align_cmd(
     try:
         cfg = _config_from_options("align", config, given, ("source", "target"), data)
         folder, report = run_align(cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     t, q = report["tokens"], report["quality"]
     console.print(f"aligned {report['target']} -> {report['source']}: {t['shared']} shared, {t['aligned']} aligned, "
@@ -267,7 +277,7 @@ def draft_check_cmd(
                                 "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
         out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
@@ -310,7 +320,7 @@ def ensemble_cmd(
                                "command line")
         out = out or default_output("ensemble", models)
         res = run_ensemble(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
@@ -335,7 +345,7 @@ def run_cmd(
         check_recipe(recipe)
         cfg = load_config(config, overrides or [], recipe=recipe)
         result = run_recipe(recipe, cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     sys.stdout.write(json.dumps(result, default=str) + "\n")
 

@@ -103,3 +103,25 @@ def test_no_shared_tokens(tmp_path):
     a, b = wordlevel(["α", "β", "γ"]), wordlevel(["x", "y", "z"])
     with pytest.raises(ValueError, match="share no token"):
         transplant(build_tiny("llama", b, vocab_size=3), b, a, method="mean")
+
+
+def test_check_port_names_what_differs_in_one_line_error_the_cli_reports(toks):
+    from xtok.cli import USER_ERRORS
+    from xtok.transplant.apply import check_port
+
+    smol = toks[0]
+    model = build_tiny("qwen2", smol, vocab_size=256, bos_token_id=None, eos_token_id=None, pad_token_id=None)  # untied
+    check_port(model, 256, tied=False)
+    cases = []
+    with pytest.raises(USER_ERRORS) as err:
+        check_port(model, 300, tied=False)
+    cases.append((err.value, "config.vocab_size 256"))
+    with pytest.raises(USER_ERRORS) as err:
+        check_port(model, 256, tied=True)
+    cases.append((err.value, "expected them tied"))
+    model.lm_head = torch.nn.Linear(64, 200, bias=False)
+    with pytest.raises(USER_ERRORS) as err:
+        check_port(model, 256, tied=False)
+    cases.append((err.value, "lm_head.weight has shape (200, 64), the architecture wants (256, 64)"))
+    for exc, needle in cases:
+        assert needle in str(exc) and "\n" not in str(exc)

@@ -196,21 +196,34 @@ def _set_special_ids(model, teacher_tok, teacher_model) -> None:
             setattr(model.generation_config, key, value)
 
 
+class PortError(RuntimeError):
+    """The transplanted model does not match its architecture (a bug in a method or an unsupported architecture)."""
+
+
 def check_port(model, rows: int, tied: bool) -> None:
-    """Weight-port asserts: every key and shape matches a fresh model of the new config; tying kept."""
+    """Weight-port checks: every key and shape matches a fresh model of the new config; tying kept.
+
+    Raises ``PortError`` (a RuntimeError, one line) naming the first keys that differ.
+    """
     from transformers import AutoModelForCausalLM
 
+    arch = type(model).__name__
     if model.config.vocab_size != rows:
-        raise AssertionError(f"config.vocab_size {model.config.vocab_size} != {rows} embedding rows")
+        raise PortError(f"{arch}: config.vocab_size {model.config.vocab_size} != {rows} embedding rows after the transplant")
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(model.config)
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))[:6]
-        raise AssertionError(f"transplanted state dict differs from the architecture's: {diff}")
+        diffs = [f"{k} has shape {got[k]}, the architecture wants {want[k]}" for k in sorted(want.keys() & got.keys())
+                 if want[k] != got[k]]
+        diffs += [f"{k} is missing" for k in sorted(want.keys() - got.keys())]
+        diffs += [f"{k} is not in the architecture" for k in sorted(got.keys() - want.keys())]
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise PortError(f"the transplanted {arch} does not match a fresh one of its config: {'; '.join(diffs[:3])}{more}")
     if is_tied(model) != tied:
-        raise AssertionError("tying of input embeddings and output head changed in the transplant")
+        raise PortError(f"the transplant {'untied' if tied else 'tied'} the input embeddings and output head of {arch}; "
+                        f"expected them {'tied' if tied else 'untied'}")
 
 
 def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: Any = None, overwrite: bool = False) -> Path:
