@@ -83,6 +83,7 @@ def transplant(
     teacher_tok,
     *,
     teacher_model=None,
+    teacher_vocab_size: int | None = None,
     method: str = "omp",
     head_method: str | None = "subword-prior",
     k: int = 8,
@@ -104,6 +105,8 @@ def transplant(
     positions whose target is a shared token); FOCUS's convex mixtures cannot outscore their anchors, and
     subword-prior gives each new token its first student piece's logit scaled down to the teacher's share
     (bits per byte below FOCUS's in every domain on SmolLM2 <- Qwen2.5 and <- Gemma-3).
+    The new model has the teacher's embedding rows: ``teacher_model``'s, else ``teacher_vocab_size`` (a teacher
+    given as a tokenizer only: its config's), else ``len(teacher_tok)``; rows past the tokenizer are zero.
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
     ``calibration_tokens`` positions of ``calibration_data`` run through both models.
@@ -131,7 +134,9 @@ def transplant(
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
     d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
     _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
-    rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
+    if teacher_vocab_size is None and teacher_model is not None:
+        teacher_vocab_size = teacher_model.config.get_text_config().vocab_size
+    rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
     calibration = None
     if INIT_METHODS.meta(head_method).get("needs_calibration"):
         from xtok.transplant.calibrate import calibrate, calibration_texts

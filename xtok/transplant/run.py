@@ -8,12 +8,37 @@ from pathlib import Path
 
 from xtok.config import TransplantConfig
 from xtok.corpus import load_corpus
-from xtok.models.load import load_model, load_tokenizer
+from xtok.models.catalogue import CATALOGUE
+from xtok.models.load import catalogue_model_dir, is_prepared, load_model, load_tokenizer, resolve_tokenizer
 from xtok.registry import INIT_METHODS
 from xtok.transplant.apply import check_methods, save_transplant, transplant
 from xtok.utils.io import check_output_path
 
 log = logging.getLogger(__name__)
+
+
+def teacher_vocab_size(spec: str | Path, cache_dir: str | Path | None = None) -> int | None:
+    """The teacher's embedding rows (``config.vocab_size``, often more than its tokenizer's tokens), read without weights.
+
+    A catalogue model not converted yet gives its catalogue entry's; a bare tokenizer (no config) gives None.
+    """
+    from transformers import AutoConfig
+
+    spec_s = str(spec)
+    if spec_s in CATALOGUE:
+        if not is_prepared(spec_s, cache_dir):
+            return CATALOGUE[spec_s].vocab_size
+        where = str(catalogue_model_dir(spec_s, cache_dir))
+    else:
+        where = resolve_tokenizer(spec_s, cache_dir)  # a folder (a model's has config.json) or a hub id
+        if Path(where).is_dir() and not (Path(where) / "config.json").is_file():
+            return None
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as exc:  # a hub id not in the local cache, a config transformers cannot read
+        log.warning("could not read the config of teacher %s (%s); its embedding rows = its tokenizer's tokens", spec_s, exc)
+        return None
+    return getattr(config.get_text_config(), "vocab_size", None)
 
 
 def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
@@ -47,6 +72,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
 
         alignment = load_alignment(cfg.alignment)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
+                               teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
                                calibration_tokens=cfg.calibration_tokens,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
