@@ -95,6 +95,14 @@ class TransplantConfig(Strict):
     calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
     overwrite: bool = False
 
+    @model_validator(mode="after")
+    def _methods_fit(self) -> TransplantConfig:
+        from xtok.registry import check_methods
+
+        check_methods(self.method, self.head_method, teacher_model=not self.teacher_tokenizer_only,
+                      alignment=self.alignment is not None)  # the alignment's fallback is checked once it is loaded
+        return self
+
 
 
 class DraftCheckConfig(Strict):
@@ -300,10 +308,9 @@ class AlignConfig(Strict):
     def _pivots_cover_dims(self) -> AlignConfig:
         if self.pivots is not None and self.pivots < self.dims:
             raise ValueError(f"pivots ({self.pivots}) must be at least dims ({self.dims}); raise pivots or lower dims")
-        from xtok.registry import INIT_METHODS
+        from xtok.registry import check_methods
 
-        if INIT_METHODS.meta(self.fallback).get("needs_alignment"):
-            raise ValueError(f"fallback {self.fallback!r} needs an alignment itself; use subword, omp or mean")
+        check_methods(self.method, self.head_method, alignment=True, fallback=self.fallback)
         return self
 
 

@@ -102,7 +102,7 @@ def test_no_shared_tokens(tmp_path):
 
     a, b = wordlevel(["α", "β", "γ"]), wordlevel(["x", "y", "z"])
     with pytest.raises(ValueError, match="share no token"):
-        transplant(build_tiny("llama", b, vocab_size=3), b, a, method="mean")
+        transplant(build_tiny("llama", b, vocab_size=3), b, a, method="mean", head_method="mean")
 
 
 def test_check_port_names_what_differs_in_one_line_error_the_cli_reports(toks):

@@ -22,13 +22,14 @@ from transformers import AutoConfig, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
-from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks, vocab_fingerprint
+from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks
 from xtok.distill.stages import merge_lora, prepare_stage
 from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import LOSSES
 from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
+from xtok.vocab.identity import vocab_fingerprint
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from xtok.registry import INIT_METHODS
-from xtok.transplant.methods import Space, raise_no_alignment, raise_no_donor
+from xtok.registry import INIT_METHODS, check_methods
+from xtok.transplant.methods import Space
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import TokenMap, build_token_map
@@ -68,15 +68,6 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
                  "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details}
 
 
-def check_methods(method: str, head_method: str) -> None:
-    """Fail before any work on an unknown method or a head-only method given for the input embeddings."""
-    INIT_METHODS.get(method)
-    INIT_METHODS.get(head_method)
-    if INIT_METHODS.meta(method).get("head_only"):
-        raise ValueError(f"init method {method!r} builds output-head rows only; pass it as the head method "
-                         f"(--head-method {method}) and choose another input method, e.g. omp")
-
-
 def transplant(
     student_model,
     student_tok,
@@ -112,23 +103,17 @@ def transplant(
     ``calibration_tokens`` positions of ``calibration_data`` run through both models.
     """
     head_method = head_method or method
-    check_methods(method, head_method)
+    needs = check_methods(method, head_method, teacher_model=teacher_model is not None, alignment=alignment is not None,
+                          fallback=None if alignment is None else alignment.fallback)
     t0 = time.perf_counter()
     tcv = canonical_vocab(teacher_tok)
     tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
     anchor_t, anchor_s = tmap.anchors()
     if len(anchor_t) == 0:
         raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
-    for m in (method, head_method):
-        if INIT_METHODS.meta(m).get("needs_alignment") and alignment is None:
-            raise_no_alignment(m)
-        if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
-            raise_no_donor(m)
-    if any(INIT_METHODS.meta(m).get("needs_alignment") for m in (method, head_method)):
+    if needs.alignment:
         alignment.check_tokenizers(teacher_tok, student_tok)
-        if INIT_METHODS.meta(alignment.fallback).get("needs_donor") and teacher_model is None:
-            raise_no_donor(alignment.fallback)
-    uses_k = any(INIT_METHODS.meta(m).get("uses_k") for m in (method, head_method))
+    uses_k = needs.uses_k
     if uses_k and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
@@ -138,13 +123,9 @@ def transplant(
         teacher_vocab_size = teacher_model.config.get_text_config().vocab_size
     rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
     calibration = None
-    if INIT_METHODS.meta(head_method).get("needs_calibration"):
+    if needs.calibration:
         from xtok.transplant.calibrate import calibrate, calibration_texts
 
-        if teacher_model is None and alignment is None:
-            raise ValueError(f"init method {head_method!r} needs the teacher model (its next-token prior) or an alignment "
-                             "(its corpus counts of the teacher's tokens); give a teacher model, or --alignment DIR "
-                             "from `xtok align`")
         calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
                                 calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
                                 counts=None if alignment is None else alignment.target.counts)
