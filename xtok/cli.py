@@ -122,7 +122,8 @@ def eval_cmd(
     max_chars: Annotated[Optional[int], typer.Option(help="truncate each document")] = None,
     window: int = 1024,
     overlap: int = 256,
-    batch_tokens: int = 8192,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="padded tokens per forward batch [default: 8192, at "
+                                                           "least one window]")] = None,
     dtype: str = "float32",
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/eval/<models>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line per model, no tables")] = False,
