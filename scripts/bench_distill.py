@@ -193,7 +193,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                     help="speed: which trainers to (re)measure; the others stay as the file has them")
     ap.add_argument("--top-k", type=int, default=64)
-    ap.add_argument("--config", default="configs/distill/qwen2.5-coder-0.5b_to_smollm2-135m.yaml")
+    ap.add_argument("--config", default="distill/qwen2.5-coder-0.5b_to_smollm2-135m")
     ap.add_argument("--overrides", nargs="*", default=[], help="quality: key=value over the distill config")
     ap.add_argument("--quality-runs", nargs="+", choices=["kl", "ce", "uld"], default=["kl", "ce", "uld"],
                     help="quality: which trained rows to (re)run; the others stay as the file has them")

@@ -63,3 +63,53 @@ def test_models_list_and_ls():
     assert res.returncode == 0 and "recipes (xtok run RECIPE" in res.stdout
     for name in ("end_to_end", "ensemble", "align", "forward_kl", "uld", "vllm", "logprob", "tokalign"):
         assert name in res.stdout, name
+
+
+@pytest.fixture
+def restore_logging():
+    import logging
+
+    root = logging.getLogger()
+    saved = root.level, list(root.handlers)
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+
+
+def test_verbosity_levels_match_the_help(restore_logging):
+    import logging
+
+    from xtok.cli import _main
+
+    seen = {}
+    for count in (0, 1, 2, 3):
+        _main(cache_dir=None, verbose=count)
+        seen[count] = logging.getLogger().level
+    assert seen == {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+    res = xtok("--help")
+    assert "-v info, -vv debug" in res.stdout and "default: warnings" in res.stdout
+
+
+def test_eval_data_that_is_not_json_lines_names_the_file_and_line(tiny_model_dir, tmp_path):
+    folder = tiny_model_dir("smollm2-135m")
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text("not json\n")
+    res = xtok("eval", str(folder), "--data", str(bad))
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"{bad} line 1 is not JSON" in said and "'text' field" in said
+    bad.write_text(json.dumps({"text": "fine"}) + "\n\n" + json.dumps(["a list"]) + "\n")
+    res = xtok("eval", str(folder), "--data", str(bad))
+    assert res.returncode == 2 and f"{bad} line 3 is not a JSON object" in " ".join(res.stderr.split()), res.stderr[-2000:]
+
+
+def test_eval_window_longer_than_the_models_context_says_so(tiny_model_dir):
+    folder = tiny_model_dir("smollm2-135m")  # max_position_embeddings 512
+    res = xtok("eval", str(folder), "--window", "100000", "--max-docs", "1", "--max-chars", "100")
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "longer than the model's context (512)" in said and "--window 512" in said and "batch_tokens" not in said
+    # batch_tokens follows the window unless given; given too small, the error names the option and the fix
+    res = xtok("eval", str(folder), "--window", "256", "--overlap", "64", "--batch-tokens", "128")
+    said = " ".join(res.stderr.split())
+    assert res.returncode == 2 and "batch_tokens (128) must be at least the window (256); raise it (--batch-tokens)" in said

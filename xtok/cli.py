@@ -21,17 +21,27 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+# What a user's input can cause: reported as one line and exit 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, RuntimeError, OSError)
+
+
 class State:
     cache_dir: Optional[Path] = None
+
+
+def log_level(verbose: int) -> int:
+    """No -v: warnings only; -v: info (what each step does); -vv: debug."""
+    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
 
 
 @app.callback()
 def _main(
     cache_dir: Annotated[Optional[Path], typer.Option(envvar="XTOK_CACHE_DIR", help="where converted models live")] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, help="-v info, -vv debug")] = 0,
+    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, show_default=False,
+                                         help="-v info, -vv debug (default: warnings only)")] = 0,
 ) -> None:
-    level = logging.WARNING - 10 * min(verbose + 1, 2) if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err_console, show_path=False)], force=True)
+    logging.basicConfig(level=log_level(verbose), format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
     for noisy in ("httpx", "urllib3", "filelock", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     State.cache_dir = cache_dir
@@ -99,7 +109,7 @@ def models_prepare(
     try:
         for name in chosen:
             console.print(f"{name}: {prepare(name, State.cache_dir, force=force)}")
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
 
 
@@ -112,7 +122,8 @@ def eval_cmd(
     max_chars: Annotated[Optional[int], typer.Option(help="truncate each document")] = None,
     window: int = 1024,
     overlap: int = 256,
-    batch_tokens: int = 8192,
+    batch_tokens: Annotated[Optional[int], typer.Option(help="padded tokens per forward batch [default: 8192, at "
+                                                           "least one window]")] = None,
     dtype: str = "float32",
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/eval/<models>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line per model, no tables")] = False,
@@ -131,7 +142,7 @@ def eval_cmd(
         }, "command line")
         out = out or default_output("eval", models)
         results = run_eval(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         for r in results:
@@ -167,7 +178,7 @@ def transplant_cmd(
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     t = report["tokens"]
     console.print(f"transplanted {report['student']} <- {report['teacher']} tokenizer with {report['method']}: "
@@ -177,7 +188,7 @@ def transplant_cmd(
 
 @app.command("distill")
 def distill_cmd(
-    config: Annotated[str, typer.Option(help="a distill YAML (path or name under configs/distill/)")],
+    config: Annotated[str, typer.Option(help="a distill YAML (path, or name under xtok/configs/distill/; xtok ls)")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config, e.g. stages.0.steps=5")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output folder (overrides the config's out)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
@@ -190,7 +201,7 @@ def distill_cmd(
     try:
         cfg = load_config(config, extra, recipe="distill")
         folder, report = run_distill(cfg, State.cache_dir, progress=True)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     table = Table(title=f"distill {report['teacher']} -> {report['student']} ({report['loss']})")
     for col in ("stage", "steps", "trainable params", "train loss", "tokens/s", "seconds"):
@@ -233,7 +244,7 @@ def align_cmd(
     try:
         cfg = _config_from_options("align", config, given, ("source", "target"), data)
         folder, report = run_align(cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     t, q = report["tokens"], report["quality"]
     console.print(f"aligned {report['target']} -> {report['source']}: {t['shared']} shared, {t['aligned']} aligned, "
@@ -267,7 +278,7 @@ def draft_check_cmd(
                                 "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
         out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
@@ -310,7 +321,7 @@ def ensemble_cmd(
                                "command line")
         out = out or default_output("ensemble", models)
         res = run_ensemble(cfg, State.cache_dir, out, progress=not as_json)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(res) + "\n")
@@ -323,19 +334,19 @@ def ensemble_cmd(
 
 @app.command("run")
 def run_cmd(
-    recipe: Annotated[str, typer.Argument(help="a recipe under recipes/ (xtok ls)")],
-    config: Annotated[str, typer.Option(help="a config name under configs/RECIPE/ or a YAML path")],
+    recipe: Annotated[str, typer.Argument(help="a recipe of xtok.recipes (xtok ls)")],
+    config: Annotated[str, typer.Option(help="a config name under xtok/configs/RECIPE/ (xtok ls) or a YAML path")],
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config")] = None,
 ) -> None:
     """Run one recipe with one config: xtok run end_to_end --config qwen2.5-coder-0.5b_to_smollm2-135m."""
     from xtok.config import load_config
-    from xtok.recipes import recipe_path, run_recipe
+    from xtok.recipes import check_recipe, run_recipe
 
     try:
-        recipe_path(recipe)
+        check_recipe(recipe)
         cfg = load_config(config, overrides or [], recipe=recipe)
         result = run_recipe(recipe, cfg, State.cache_dir)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except USER_ERRORS as exc:
         _fail(exc)
     sys.stdout.write(json.dumps(result, default=str) + "\n")
 

@@ -6,14 +6,16 @@ model, so a typo in a key is an error, not a silently ignored setting.
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+from xtok import registry as registries  # imports nothing else of xtok: the modules filling it load on first use
+from xtok.registry import LOSSES, check_methods
+
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"  # package data: shipped in the wheel
 DType = Literal["float32", "bfloat16"]
 
 
@@ -22,7 +24,7 @@ def _registered(registry: str) -> AfterValidator:
 
     def check(v: str | None) -> str | None:
         if v is not None:
-            getattr(importlib.import_module("xtok.registry"), registry).get(v)
+            getattr(registries, registry).get(v)
         return v
 
     return AfterValidator(check)
@@ -51,7 +53,8 @@ class DataConfig(Strict):
 class EvalSettings(Strict):
     window: int = Field(1024, ge=2, description="positions per forward window")
     overlap: int = Field(256, ge=0, description="context carried between windows of a long document")
-    batch_tokens: int = Field(8192, ge=2, description="padded tokens per forward batch")
+    batch_tokens: int | None = Field(None, ge=2, description="padded tokens per forward batch (default: 8192, or one "
+                                     "window where the window is longer)")
     dtype: DType = "float32"
     numbers: bool = Field(True, description="add digit-splitting diagnostics")
 
@@ -59,9 +62,14 @@ class EvalSettings(Strict):
     def _overlap_fits(self) -> EvalSettings:
         if self.overlap >= self.window:
             raise ValueError(f"overlap ({self.overlap}) must be smaller than window ({self.window})")
-        if self.batch_tokens < self.window:
-            raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least window ({self.window})")
+        if self.batch_tokens is not None and self.batch_tokens < self.window:
+            raise ValueError(f"batch_tokens ({self.batch_tokens}) must be at least the window ({self.window}); raise "
+                             "it (--batch-tokens), or leave it out to follow the window")
         return self
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_tokens or max(8192, self.window)
 
 
 class EvalConfig(Strict):
@@ -94,6 +102,12 @@ class TransplantConfig(Strict):
                                   "calibrate (subword-prior)")
     calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
     overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _methods_fit(self) -> TransplantConfig:
+        check_methods(self.method, self.head_method, teacher_model=not self.teacher_tokenizer_only,
+                      alignment=self.alignment is not None)  # the alignment's fallback is checked once it is loaded
+        return self
 
 
 
@@ -175,11 +189,8 @@ class DistillConfig(Strict):
                              "not for uld)")
     overwrite: bool = False
 
-
     @model_validator(mode="after")
     def _teacher_given(self) -> DistillConfig:
-        from xtok.registry import LOSSES
-
         if LOSSES.meta(self.loss).get("needs_teacher", True) and not self.teacher:
             raise ValueError(f"loss {self.loss!r} needs a teacher; set teacher (or use loss: ce for plain cross-entropy)")
         if self.on_policy.lmbda and self.teacher_cache.top_k is not None:
@@ -202,7 +213,6 @@ class EnsembleConfig(Strict):
     prompt: str | None = Field(None, description="also generate greedily from this prompt")
     max_new_tokens: int = Field(48, ge=1)
     out: str | None = None
-
 
     @model_validator(mode="after")
     def _one_weight_each(self) -> EnsembleConfig:
@@ -294,16 +304,11 @@ class AlignConfig(Strict):
     seed: int = 0
     overwrite: bool = False
 
-
-
     @model_validator(mode="after")
     def _pivots_cover_dims(self) -> AlignConfig:
         if self.pivots is not None and self.pivots < self.dims:
             raise ValueError(f"pivots ({self.pivots}) must be at least dims ({self.dims}); raise pivots or lower dims")
-        from xtok.registry import INIT_METHODS
-
-        if INIT_METHODS.meta(self.fallback).get("needs_alignment"):
-            raise ValueError(f"fallback {self.fallback!r} needs an alignment itself; use subword, omp or mean")
+        check_methods(self.method, self.head_method, alignment=True, fallback=self.fallback)
         return self
 
 
@@ -341,7 +346,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
 
 
 def find_config(name_or_path: str | Path, recipe: str | None = None) -> Path:
-    """A path, or a config name under configs/<recipe>/ (with or without .yaml)."""
+    """A path, or a config name under xtok/configs/<recipe>/ (with or without .yaml)."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
@@ -378,7 +383,7 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None, re
 
 
 def validate_file(name_or_path: str | Path) -> str:
-    """Validate a recipe config, or an accelerate launch config under configs/accelerate/; return its kind."""
+    """Validate a recipe config, or an accelerate launch config under xtok/configs/accelerate/; return its kind."""
     path = find_config(name_or_path)
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     if isinstance(data, dict) and "compute_environment" in data:

@@ -44,3 +44,11 @@ def test_bad_inputs(tmp_path):
         load_corpus(str(tmp_path / "blank.jsonl"))
     with pytest.raises(ValueError, match="domains"):
         load_corpus("bundled:eval", domains=["poetry"])
+
+
+def test_json_that_is_not_records_names_the_line(tmp_path):
+    (tmp_path / "array.json").write_text(json.dumps([{"text": "one"}, {"text": "two"}], indent=1))
+    assert load_corpus(str(tmp_path / "array.json"))["text"] == ["one", "two"]
+    (tmp_path / "broken.jsonl").write_text(json.dumps({"text": "fine"}) + "\n{\"text\": oops}\n")
+    with pytest.raises(ValueError, match=r"broken.jsonl line 2 is not JSON \(Expecting value\)"):
+        load_corpus(str(tmp_path / "broken.jsonl"))

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import build_tiny
-from xtok.eval.bpb import evaluate, plan_windows, start_token_id
+from xtok.eval.bpb import evaluate, plan_windows
+from xtok.vocab.identity import start_token_id
 
 TEXTS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune must be in want of a wife.",

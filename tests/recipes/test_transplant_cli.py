@@ -63,3 +63,30 @@ def test_missing_calibration_data_fails_before_loading_models(tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match="nowhere.jsonl"):
         run.run_transplant(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_tokenizer_only_teacher_gives_the_teachers_embedding_rows(tiny_model_dir, tmp_path):
+    """HF Qwen2.5 has 151,936 embedding rows for 151,665 tokens: the student must get the rows, not len(tokenizer)."""
+    student = tiny_model_dir("qwen2.5-coder-0.5b")
+    teacher = tiny_model_dir("smollm2-135m", vocab_size=49152 + 64)  # config.vocab_size > len(tokenizer)
+    out = tmp_path / "out"
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(out),
+               "--teacher-tokenizer-only", "--method", "subword", "--head-method", "mean")
+    assert res.returncode == 0, res.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(AutoTokenizer.from_pretrained(out)) == 49152
+    assert model.config.vocab_size == model.get_input_embeddings().weight.shape[0] == 49152 + 64
+    assert json.loads((out / REPORT_FILE).read_text())["vocab_rows"] == 49152 + 64
+
+
+def test_teacher_vocab_size_reads_configs_without_weights_or_conversion(tiny_model_dir, tmp_path):
+    from xtok.models.catalogue import CATALOGUE
+    from xtok.transplant.run import teacher_vocab_size
+
+    assert teacher_vocab_size(tiny_model_dir("smollm2-135m", vocab_size=49200), tmp_path) == 49200
+    empty = tmp_path / "cache"
+    assert teacher_vocab_size("qwen2.5-coder-0.5b", empty) == CATALOGUE["qwen2.5-coder-0.5b"].vocab_size == 151936
+    assert not empty.exists()  # a catalogue model not converted yet: its entry, no conversion
+    folder = tmp_path / "tok-only"
+    AutoTokenizer.from_pretrained(tiny_model_dir("smollm2-135m")).save_pretrained(folder)
+    assert teacher_vocab_size(folder, tmp_path) is None  # a bare tokenizer: no config to read

@@ -134,7 +134,7 @@ def test_subword_prior_without_a_teacher_model_takes_an_alignments_counts(real_t
     a, b = (int(t) for t in new[p1[new] == piece][:2])
     counts = torch.zeros(len(qwen), dtype=torch.long)
     counts[a] = 99
-    fake = SimpleNamespace(target=SimpleNamespace(counts=counts))
+    fake = SimpleNamespace(target=SimpleNamespace(counts=counts), fallback="subword")  # the parts of an Alignment it reads
     model, report = transplant(student, smol, qwen, method="mean", head_method="subword-prior", alignment=fake,
                                calibration_tokens=256)
     assert report["spaces"]["output"]["subword_prior"]["tokens"]["corpus_tokens"] == 99

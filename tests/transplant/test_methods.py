@@ -15,7 +15,8 @@ def test_every_method_gives_finite_rows_of_student_width():
     donor, student = torch.randn(60, 12), torch.randn(40, 7)
     new = torch.arange(40, 60)
     for name in INIT_METHODS.names():
-        if name == "subword" or any(INIT_METHODS.meta(name).get(m) for m in ("needs_alignment", "needs_calibration")):
+        spec = INIT_METHODS.spec(name)
+        if name == "subword" or spec.needs_alignment or spec.needs_calibration:
             continue  # needs a tokenizer / an alignment / a calibration; covered below, in tests/align, test_calibrate
         rows = INIT_METHODS.get(name)(_space(student, donor, 40), new)
         assert rows.shape == (20, 7) and torch.isfinite(rows).all(), name

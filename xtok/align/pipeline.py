@@ -11,8 +11,9 @@ import torch
 from xtok.align.cooc import cooccurrence, frequent_ids, tokenize
 from xtok.align.embed import EmbedOptions, embed
 from xtok.align.mapping import ALIGNED, NO_VECTOR, SHARED, Side, check_pivots, holdout_quality, map_rows, pivot_rows, shared_pairs
-from xtok.align.result import Alignment, vocab_fingerprint
+from xtok.align.result import Alignment
 from xtok.vocab.canonical import canonical_vocab
+from xtok.vocab.identity import vocab_fingerprint
 from xtok.vocab.shared import build_token_map
 
 log = logging.getLogger(__name__)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -11,17 +10,11 @@ from pathlib import Path
 import torch
 
 from xtok.align.mapping import ALIGNED, NO_VECTOR, SHARED, Side
+from xtok.vocab.identity import vocab_fingerprint
 
 MAP_FILE = "token_map.json"
 VECTORS_FILE = "vectors.safetensors"
 REPORT_FILE = "align_report.json"
-
-
-def vocab_fingerprint(tokenizer) -> str:
-    """A short hash of a tokenizer's vocabulary (piece -> id), to catch an alignment used with other tokenizer files."""
-    vocab = tokenizer.get_vocab()
-    pieces = "\n".join(sorted(vocab, key=vocab.__getitem__))  # pieces in id order
-    return hashlib.sha256(pieces.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from xtok.align.result import REPORT_FILE, Alignment, save_alignment
 from xtok.config import AlignConfig
 from xtok.corpus import load_corpus
 from xtok.models.load import load_model, load_tokenizer
-from xtok.registry import INIT_METHODS
+from xtok.registry import check_methods
 from xtok.utils.io import atomic_dir, check_output_path, write_json, write_provenance
 
 log = logging.getLogger(__name__)
@@ -27,19 +27,19 @@ def settings_from(cfg: AlignConfig, progress: bool = False) -> AlignSettings:
                          holdout=cfg.holdout, chunk=cfg.chunk, fallback=cfg.fallback, embed=opts)
 
 
-def _apply_methods(cfg: AlignConfig) -> list[str]:
-    return [cfg.method, cfg.head_method or cfg.method, cfg.fallback]
-
-
 def apply_alignment(cfg: AlignConfig, al: Alignment, student, student_tok, target_tok, cache_dir=None,
                     progress: bool = False):
-    """The source model speaking the target tokenizer, new rows by ``cfg.method`` / ``cfg.head_method``."""
+    """The source model speaking the target tokenizer, new rows by ``cfg.method`` / ``cfg.head_method``.
+
+    This job is the one place that composes the two layers: align (below) and transplant (above it)."""
     from xtok.transplant.apply import transplant
+    from xtok.transplant.run import teacher_vocab_size
 
     teacher = None
-    if any(INIT_METHODS.meta(m).get("needs_donor") for m in _apply_methods(cfg)):
+    if check_methods(cfg.method, cfg.head_method, alignment=True, fallback=al.fallback).teacher_model:
         teacher, _ = load_model(cfg.target, cache_dir)
     model, report = transplant(student, student_tok, target_tok, teacher_model=teacher, method=cfg.method,
+                               teacher_vocab_size=None if teacher is not None else teacher_vocab_size(cfg.target, cache_dir),
                                head_method=cfg.head_method or cfg.method, k=cfg.k, candidates=cfg.candidates,
                                chunk=cfg.chunk, alignment=al, progress=progress)
     del teacher

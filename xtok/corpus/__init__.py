@@ -34,6 +34,29 @@ def _files(spec: str) -> list[Path]:
     return []
 
 
+def _json_problem(path: Path) -> str | None:
+    """Where a .jsonl/.json file is not JSON records: "line N is not JSON (why)", or None when it is."""
+    import json
+
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".json":
+        try:
+            json.loads(text)
+            return None  # one JSON document (datasets reads an array of records or a dict of columns)
+        except json.JSONDecodeError:
+            pass  # JSON lines in a .json file, or broken: the lines say
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"line {n} is not JSON ({exc.msg}): {line[:40]!r}"
+        if not isinstance(record, dict):
+            return f"line {n} is not a JSON object but a {type(record).__name__}: {line[:40]!r}"
+    return None
+
+
 def _load_file(path: Path):
     import datasets
 
@@ -42,7 +65,12 @@ def _load_file(path: Path):
     if path.suffix == ".txt":
         ds = datasets.load_dataset("text", data_files=str(path), sample_by="document", split="train")
     else:
-        ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        try:
+            ds = datasets.load_dataset("json", data_files=str(path), split="train")
+        except datasets.exceptions.DatasetGenerationError as exc:  # names neither the file nor the line: find them
+            problem = _json_problem(path) or f"could not be read as JSON lines ({exc.__cause__ or exc})"
+            raise ValueError(f"data file {path} {problem}; give one JSON object per line with a 'text' field "
+                             "(or a .txt file: one document)") from None
     if "text" not in ds.column_names:
         raise ValueError(f"data file {path} has no 'text' field (fields: {', '.join(ds.column_names)})")
     if "domain" not in ds.column_names:

@@ -10,15 +10,14 @@ input_ids``. A teacher's top-k log-probs for these blocks can be cached once
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 
 import torch
 
 from xtok.config import DataConfig
 from xtok.corpus import load_corpus
-from xtok.eval.bpb import start_token_id
 from xtok.losses.kd import TeacherTopK
+from xtok.vocab.identity import start_token_id
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,6 @@ def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: in
 
 def blocks_fingerprint(blocks: torch.Tensor) -> str:
     return hashlib.sha256(blocks.numpy().tobytes()).hexdigest()[:16]
-
-
-def vocab_fingerprint(tokenizer) -> str:
-    """A hash of the token -> id table and the special tokens: equal for one tokenizer saved twice."""
-    table = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
-    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
-    return hashlib.sha256(json.dumps([table, specials], ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def teacher_tokenization(student_tok, teacher_tok, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

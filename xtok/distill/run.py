@@ -23,13 +23,14 @@ from transformers import AutoConfig, PrinterCallback, TrainerCallback, TrainingA
 from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
-from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks, vocab_fingerprint
+from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks
 from xtok.distill.stages import merge_lora, prepare_stage
 from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import LOSSES
 from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
+from xtok.vocab.identity import vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def check_launch() -> None:
             AcceleratorState._shared_state.get("distributed_type") == DistributedType.FSDP):
         raise ValueError("xtok distill does not support FSDP (sharded students are not saved by every process, and "
                          "fused_head needs the whole output head); launch it with DDP instead: accelerate launch "
-                         "--config_file configs/accelerate/gpu_ddp.yaml -m xtok distill --config ..., or torchrun "
+                         "--config_file xtok/configs/accelerate/gpu_ddp.yaml -m xtok distill --config ..., or torchrun "
                          "--nproc_per_node N -m xtok distill --config ...")
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import torch
 
 from xtok.registry import ENSEMBLE_MODES
+from xtok.vocab.identity import vocab_fingerprint
 
 
 @ENSEMBLE_MODES.register("prob", help="mixture of probabilities: sum_i w_i p_i")
@@ -31,8 +32,6 @@ def mix_logprob(logps: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 def check_members(models, tokenizers, names) -> None:
     """Members must share one vocabulary: the same token table and the same logit width."""
-    from xtok.distill.data import vocab_fingerprint
-
     if len(models) < 2:
         raise ValueError(f"an ensemble needs at least two models, got {len(models)}")
     ref_tok, ref_width = vocab_fingerprint(tokenizers[0]), models[0].get_output_embeddings().weight.shape[0]

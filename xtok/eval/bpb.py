@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from xtok.vocab.identity import start_token_id
+
 log = logging.getLogger(__name__)
 
 LN2 = math.log(2.0)
@@ -88,13 +90,6 @@ class EvalResult:
             "seconds": round(self.seconds, 3),
             "tokens_per_second": self.forward_tokens / self.seconds if self.seconds else None,
         }
-
-
-def start_token_id(tokenizer) -> int:
-    for tid in (tokenizer.bos_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    raise ValueError("the tokenizer has neither a BOS nor an EOS token to start documents with; set tokenizer.bos_token")
 
 
 def max_context(model) -> int | None:

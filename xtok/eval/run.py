@@ -21,7 +21,7 @@ def eval_model(model, tokenizer, name: str, ds, cfg: EvalConfig, progress: bool 
     texts, domains = list(ds["text"]), list(ds["domain"])
     res = evaluate(
         model, tokenizer, texts, domains, window=settings.window, overlap=settings.overlap,
-        batch_tokens=settings.batch_tokens, progress=progress,
+        batch_tokens=settings.tokens_per_batch, progress=progress,
     ).to_dict()
     out = {"model": name, **res}
     if settings.numbers:

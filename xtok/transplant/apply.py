@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from xtok.registry import INIT_METHODS
-from xtok.transplant.methods import Space, raise_no_alignment, raise_no_donor
+from xtok.registry import INIT_METHODS, check_methods
+from xtok.transplant.methods import Space
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import TokenMap, build_token_map
@@ -68,21 +68,13 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
                  "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details}
 
 
-def check_methods(method: str, head_method: str) -> None:
-    """Fail before any work on an unknown method or a head-only method given for the input embeddings."""
-    INIT_METHODS.get(method)
-    INIT_METHODS.get(head_method)
-    if INIT_METHODS.meta(method).get("head_only"):
-        raise ValueError(f"init method {method!r} builds output-head rows only; pass it as the head method "
-                         f"(--head-method {method}) and choose another input method, e.g. omp")
-
-
 def transplant(
     student_model,
     student_tok,
     teacher_tok,
     *,
     teacher_model=None,
+    teacher_vocab_size: int | None = None,
     method: str = "omp",
     head_method: str | None = "subword-prior",
     k: int = 8,
@@ -104,42 +96,36 @@ def transplant(
     positions whose target is a shared token); FOCUS's convex mixtures cannot outscore their anchors, and
     subword-prior gives each new token its first student piece's logit scaled down to the teacher's share
     (bits per byte below FOCUS's in every domain on SmolLM2 <- Qwen2.5 and <- Gemma-3).
+    The new model has the teacher's embedding rows: ``teacher_model``'s, else ``teacher_vocab_size`` (a teacher
+    given as a tokenizer only: its config's), else ``len(teacher_tok)``; rows past the tokenizer are zero.
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
     ``calibration_tokens`` positions of ``calibration_data`` run through both models.
     """
     head_method = head_method or method
-    check_methods(method, head_method)
+    needs = check_methods(method, head_method, teacher_model=teacher_model is not None, alignment=alignment is not None,
+                          fallback=None if alignment is None else alignment.fallback)
     t0 = time.perf_counter()
     tcv = canonical_vocab(teacher_tok)
     tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
     anchor_t, anchor_s = tmap.anchors()
     if len(anchor_t) == 0:
         raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
-    for m in (method, head_method):
-        if INIT_METHODS.meta(m).get("needs_alignment") and alignment is None:
-            raise_no_alignment(m)
-        if INIT_METHODS.meta(m).get("needs_donor") and teacher_model is None:
-            raise_no_donor(m)
-    if any(INIT_METHODS.meta(m).get("needs_alignment") for m in (method, head_method)):
+    if needs.alignment:
         alignment.check_tokenizers(teacher_tok, student_tok)
-        if INIT_METHODS.meta(alignment.fallback).get("needs_donor") and teacher_model is None:
-            raise_no_donor(alignment.fallback)
-    uses_k = any(INIT_METHODS.meta(m).get("uses_k") for m in (method, head_method))
+    uses_k = needs.uses_k
     if uses_k and not 1 <= k <= len(anchor_t):
         raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
     s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
     d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
     _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
-    rows = max(len(teacher_tok), getattr(getattr(teacher_model, "config", None), "vocab_size", 0) or 0)
+    if teacher_vocab_size is None and teacher_model is not None:
+        teacher_vocab_size = teacher_model.config.get_text_config().vocab_size
+    rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
     calibration = None
-    if INIT_METHODS.meta(head_method).get("needs_calibration"):
+    if needs.calibration:
         from xtok.transplant.calibrate import calibrate, calibration_texts
 
-        if teacher_model is None and alignment is None:
-            raise ValueError(f"init method {head_method!r} needs the teacher model (its next-token prior) or an alignment "
-                             "(its corpus counts of the teacher's tokens); give a teacher model, or --alignment DIR "
-                             "from `xtok align`")
         calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
                                 calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
                                 counts=None if alignment is None else alignment.target.counts)
@@ -196,21 +182,34 @@ def _set_special_ids(model, teacher_tok, teacher_model) -> None:
             setattr(model.generation_config, key, value)
 
 
+class PortError(RuntimeError):
+    """The transplanted model does not match its architecture (a bug in a method or an unsupported architecture)."""
+
+
 def check_port(model, rows: int, tied: bool) -> None:
-    """Weight-port asserts: every key and shape matches a fresh model of the new config; tying kept."""
+    """Weight-port checks: every key and shape matches a fresh model of the new config; tying kept.
+
+    Raises ``PortError`` (a RuntimeError, one line) naming the first keys that differ.
+    """
     from transformers import AutoModelForCausalLM
 
+    arch = type(model).__name__
     if model.config.vocab_size != rows:
-        raise AssertionError(f"config.vocab_size {model.config.vocab_size} != {rows} embedding rows")
+        raise PortError(f"{arch}: config.vocab_size {model.config.vocab_size} != {rows} embedding rows after the transplant")
     with torch.device("meta"):
         fresh = AutoModelForCausalLM.from_config(model.config)
     want = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if want != got:
-        diff = sorted(set(want.items()) ^ set(got.items()))[:6]
-        raise AssertionError(f"transplanted state dict differs from the architecture's: {diff}")
+        diffs = [f"{k} has shape {got[k]}, the architecture wants {want[k]}" for k in sorted(want.keys() & got.keys())
+                 if want[k] != got[k]]
+        diffs += [f"{k} is missing" for k in sorted(want.keys() - got.keys())]
+        diffs += [f"{k} is not in the architecture" for k in sorted(got.keys() - want.keys())]
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise PortError(f"the transplanted {arch} does not match a fresh one of its config: {'; '.join(diffs[:3])}{more}")
     if is_tied(model) != tied:
-        raise AssertionError("tying of input embeddings and output head changed in the transplant")
+        raise PortError(f"the transplant {'untied' if tied else 'tied'} the input embeddings and output head of {arch}; "
+                        f"expected them {'tied' if tied else 'untied'}")
 
 
 def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: Any = None, overwrite: bool = False) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from xtok.registry import INIT_METHODS
+from xtok.registry import INIT_METHODS, MethodSpec, raise_no_alignment, raise_no_donor
 from xtok.transplant.omp import batch_omp
 
 
@@ -34,7 +34,7 @@ class Space:
     seed: int = 0
     progress: bool = False
     fallbacks: int = 0  # new tokens a method could not build and left at the student mean
-    alignment: Any = None  # an xtok.align Alignment, for the methods that need one (needs_alignment=True)
+    alignment: Any = None  # an xtok.align Alignment, for the methods whose spec says needs_alignment
     calibration: Any = None  # an xtok.transplant.calibrate.Calibration, for the methods that need one
     student_of: torch.Tensor | None = None  # (V_t,) student id of each shared teacher token, -1 for new ones
     details: dict[str, Any] = field(default_factory=dict)  # extra per-method counts for the report
@@ -48,21 +48,6 @@ class Space:
         if self.alignment is None:
             raise_no_alignment(method)
         return self.alignment
-
-
-def raise_no_donor(method: str) -> None:
-    ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
-    raise ValueError(
-        f"init method {method!r} needs the teacher's embeddings, but the teacher was given as a bare tokenizer; "
-        f"give a teacher model, or use a method that works without: {', '.join(ok)}"
-    )
-
-
-def raise_no_alignment(method: str) -> None:
-    raise ValueError(
-        f"init method {method!r} needs a token alignment; run `xtok align` first and pass its folder with --alignment, "
-        "or use `xtok align --apply`"
-    )
 
 
 @INIT_METHODS.register("zero", help="all-zero rows")
@@ -141,7 +126,7 @@ def sparsemax(z: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("focus", help="FOCUS-style: sparsemax over the most similar anchors in donor space",
-                       needs_donor=True)
+                       spec=MethodSpec(needs_donor=True))
 def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("focus")
     anchors = torch.nn.functional.normalize(donor[space.anchor_teacher].float(), dim=1)
@@ -156,7 +141,7 @@ def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("omp", help="Orthogonal Matching Pursuit over shared anchors in donor space (default)",
-                       needs_donor=True, uses_k=True)
+                       spec=MethodSpec(needs_donor=True, uses_k=True))
 def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("omp")
     return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student)
@@ -198,7 +183,7 @@ def first_pieces(space: Space, teacher_ids: torch.Tensor) -> torch.Tensor:
 
 @INIT_METHODS.register("subword-prior", help="head only: the row of the new token's first student piece, plus a logit "
                        "bias log(teacher's share of that piece's family), through the student's constant hidden direction",
-                       needs_calibration=True, head_only=True)
+                       spec=MethodSpec(needs_calibration=True, head_only=True))
 def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     """Rows whose logits follow the chain rule: a new token t spelled by student pieces p1 p2 ... gets p1's row
     (its logit is p1's), shifted by log r_t, where r_t = P̄(t) / Σ P̄(t') over the teacher tokens t' whose first

@@ -6,47 +6,59 @@ import gc
 import logging
 from pathlib import Path
 
+from xtok.align.result import load_alignment
 from xtok.config import TransplantConfig
 from xtok.corpus import load_corpus
-from xtok.models.load import load_model, load_tokenizer
-from xtok.registry import INIT_METHODS
-from xtok.transplant.apply import check_methods, save_transplant, transplant
+from xtok.models.catalogue import CATALOGUE
+from xtok.models.load import catalogue_model_dir, is_prepared, load_model, load_tokenizer, resolve_tokenizer
+from xtok.registry import check_methods
+from xtok.transplant.apply import save_transplant, transplant
 from xtok.utils.io import check_output_path
 
 log = logging.getLogger(__name__)
+
+
+def teacher_vocab_size(spec: str | Path, cache_dir: str | Path | None = None) -> int | None:
+    """The teacher's embedding rows (``config.vocab_size``, often more than its tokenizer's tokens), read without weights.
+
+    A catalogue model not converted yet gives its catalogue entry's; a bare tokenizer (no config) gives None.
+    """
+    from transformers import AutoConfig
+
+    spec_s = str(spec)
+    if spec_s in CATALOGUE:
+        if not is_prepared(spec_s, cache_dir):
+            return CATALOGUE[spec_s].vocab_size
+        where = str(catalogue_model_dir(spec_s, cache_dir))
+    else:
+        where = resolve_tokenizer(spec_s, cache_dir)  # a folder (a model's has config.json) or a hub id
+        if Path(where).is_dir() and not (Path(where) / "config.json").is_file():
+            return None
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as exc:  # a hub id not in the local cache, a config transformers cannot read
+        log.warning("could not read the config of teacher %s (%s); its embedding rows = its tokenizer's tokens", spec_s, exc)
+        return None
+    return getattr(config.get_text_config(), "vocab_size", None)
 
 
 def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, progress: bool = True) -> tuple[Path, dict]:
     if cfg.out is None:
         raise ValueError("no output folder: pass --out DIR (or set out: in the config)")
     out = check_output_path(cfg.out, cfg.overwrite)  # fail before loading anything
-    head = cfg.head_method or cfg.method
-    methods = {cfg.method, head}
-    check_methods(cfg.method, head)
-    needs_donor = [m for m in sorted(methods) if INIT_METHODS.meta(m).get("needs_donor", False)]
-    if cfg.teacher_tokenizer_only and needs_donor:
-        ok = [m for m in INIT_METHODS.names() if not INIT_METHODS.meta(m).get("needs_donor")]
-        raise ValueError(f"method {needs_donor[0]!r} needs the teacher's embeddings; with --teacher-tokenizer-only use "
-                         f"--method and --head-method among: {', '.join(ok)}")
-    prior_from_teacher = False
-    if INIT_METHODS.meta(head).get("needs_calibration"):
+    alignment = load_alignment(cfg.alignment) if cfg.alignment else None
+    needs = check_methods(cfg.method, cfg.head_method, teacher_model=not cfg.teacher_tokenizer_only,
+                          alignment=alignment is not None, fallback=None if alignment is None else alignment.fallback)
+    if needs.calibration:
         load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
-        prior_from_teacher = not cfg.alignment
-        if prior_from_teacher and cfg.teacher_tokenizer_only:
-            raise ValueError(f"head method {head!r} takes its prior from the teacher model or an alignment; with "
-                             "--teacher-tokenizer-only pass --alignment DIR (from `xtok align`) or another --head-method")
     student, student_tok = load_model(cfg.student, cache_dir)
     teacher_model = None
-    if needs_donor or prior_from_teacher:
+    if needs.teacher_model:
         teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
-    alignment = None
-    if cfg.alignment:
-        from xtok.align.result import load_alignment
-
-        alignment = load_alignment(cfg.alignment)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
+                               teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
                                calibration_tokens=cfg.calibration_tokens,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,

@@ -1,34 +1,37 @@
-"""Init methods that read a token alignment (``Space.alignment``), registered in INIT_METHODS.
+"""Init methods that read a token alignment (``Space.alignment``, an ``xtok.align`` Alignment), registered in INIT_METHODS.
 
 ``tokalign`` copies, for each new target token, the student row of the source token it was
 aligned to (TokAlign's rearrangement of embedding and head rows). ``tokalign+omp`` uses the
 target side's co-occurrence vectors as OMP's donor space, so a teacher that is only a tokenizer
 still gets OMP-style sparse mixtures of shared anchors. Tokens without a co-occurrence vector go to
 the alignment's fallback method (subword by default), never to an arbitrary source id.
+
+They read the Alignment object they are given (``source_of``, ``target_vectors``, ``fallback``) and import
+nothing from ``xtok.align``: align is the layer below transplant.
 """
 
 from __future__ import annotations
 
 import torch
 
-from xtok.registry import INIT_METHODS
+from xtok.registry import INIT_METHODS, MethodSpec
 from xtok.transplant.methods import Space, omp_rows
 
 
 def _fallback(space: Space, method: str, new_ids: torch.Tensor, missing: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Fill rows ``missing`` (bool mask over ``new_ids``) with the alignment's fallback method; record how many."""
+    """Fill rows ``missing`` (bool mask over ``new_ids``) with the alignment's fallback method; record how many.
+
+    ``check_methods`` has checked the fallback (it needs no alignment, and a donor only where one is given)."""
     al = space.alignment
     n = int(missing.sum())
     space.details[f"{method}_fallback"] = {"method": al.fallback, "tokens": n}
     if n:
-        if INIT_METHODS.meta(al.fallback).get("needs_alignment"):
-            raise ValueError(f"fallback {al.fallback!r} itself needs an alignment; use subword, omp or mean")
         out[missing] = INIT_METHODS.get(al.fallback)(space, new_ids[missing]).float()
     return out
 
 
 @INIT_METHODS.register("tokalign", help="TokAlign: the student row of the aligned source token (xtok align)",
-                       needs_alignment=True)
+                       spec=MethodSpec(needs_alignment=True))
 def tokalign_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     al = space.need_alignment("tokalign")
     src = al.source_of[new_ids]
@@ -40,7 +43,7 @@ def tokalign_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("tokalign+omp", help="OMP over shared anchors in the co-occurrence space (xtok align; no teacher "
-                       "model needed)", needs_alignment=True, uses_k=True)
+                       "model needed)", spec=MethodSpec(needs_alignment=True, uses_k=True))
 def tokalign_omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     al = space.need_alignment("tokalign+omp")
     has, x = al.target_vectors(new_ids)
