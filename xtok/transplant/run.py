@@ -10,7 +10,7 @@ from xtok.align.result import load_alignment
 from xtok.config import TransplantConfig
 from xtok.corpus import load_corpus
 from xtok.models.catalogue import CATALOGUE
-from xtok.models.load import catalogue_model_dir, is_prepared, load_model, load_tokenizer, resolve_tokenizer
+from xtok.models.load import is_prepared, load_model, load_tokenizer, resolve_tokenizer
 from xtok.registry import check_methods
 from xtok.transplant.apply import save_transplant, transplant
 from xtok.utils.io import check_output_path
@@ -26,14 +26,11 @@ def teacher_vocab_size(spec: str | Path, cache_dir: str | Path | None = None) ->
     from transformers import AutoConfig
 
     spec_s = str(spec)
-    if spec_s in CATALOGUE:
-        if not is_prepared(spec_s, cache_dir):
-            return CATALOGUE[spec_s].vocab_size
-        where = str(catalogue_model_dir(spec_s, cache_dir))
-    else:
-        where = resolve_tokenizer(spec_s, cache_dir)  # a folder (a model's has config.json) or a hub id
-        if Path(where).is_dir() and not (Path(where) / "config.json").is_file():
-            return None
+    if spec_s in CATALOGUE and not is_prepared(spec_s, cache_dir):
+        return CATALOGUE[spec_s].vocab_size
+    where = resolve_tokenizer(spec_s, cache_dir)  # a folder (a model's, a prepared catalogue one, has config.json) or a hub id
+    if Path(where).is_dir() and not (Path(where) / "config.json").is_file():
+        return None
     try:
         config = AutoConfig.from_pretrained(where)
     except (OSError, ValueError) as exc:  # a hub id not in the local cache, a config transformers cannot read
