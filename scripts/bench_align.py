@@ -27,7 +27,7 @@ from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results
 from xtok.align.embed import EmbedOptions
 from xtok.align.mapping import Side, holdout_quality, map_rows, shared_pairs
 from xtok.align.pipeline import AlignSettings, align
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.corpus import load_corpus
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model, load_tokenizer

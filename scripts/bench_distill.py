@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from xtok.config import DataConfig, config_from_dict
+from xtok.config import DataConfig
+from xtok.configfile import config_from_dict
 from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
 # xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)
@@ -154,7 +155,7 @@ def quality_section(args, result: dict, out: Path) -> dict:
     bpb = q.setdefault("bits_per_byte", {})
     seconds = q.setdefault("seconds", {})
     runs = Path(args.tmp) / "quality"
-    from xtok.config import load_config
+    from xtok.configfile import load_config
 
     runs_by_label = {"kl": (args.student, ["loss=forward_kl"]), "ce": (args.student, ["loss=ce"]),
                      "uld": (args.untouched, ["loss=uld", f"ce_weight={args.uld_ce_weight}"])}

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.speculative.run import run_draft_check
 from xtok.utils.io import command_line, machine_info, package_versions, write_json
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.corpus import load_corpus
 from xtok.ensemble.mix import Ensemble, check_members, normalized_weights
 from xtok.ensemble.run import best_member_gap

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.corpus import load_corpus
 from xtok.eval.report import print_tables
 from xtok.eval.run import eval_model

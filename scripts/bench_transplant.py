@@ -30,7 +30,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.corpus import load_corpus
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model, resolve_model

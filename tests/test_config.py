@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from xtok.config import CONFIGS_DIR, EvalConfig, config_from_dict, load_config, validate_file
+from xtok.config import CONFIGS_DIR, EvalConfig
+from xtok.configfile import config_from_dict, load_config, validate_file
 
 ALL_CONFIGS = sorted(CONFIGS_DIR.rglob("*.yaml"))
 

@@ -100,7 +100,7 @@ def test_check_methods_says_what_a_transplant_needs():
 
 def test_configs_are_checked_by_the_same_function():
     """A choice of methods that cannot run fails when the config is validated, before any model is loaded."""
-    from xtok.config import config_from_dict
+    from xtok.configfile import config_from_dict
 
     base = {"recipe": "transplant", "student": "a", "teacher": "b"}
     with pytest.raises(ValueError, match="needs the teacher's embeddings"):

@@ -57,7 +57,8 @@ def _fail(exc: Exception) -> None:
 
 def _config_from_options(recipe: str, config: str | None, given: dict, required: tuple[str, ...], data: dict | None = None):
     """A recipe config from an optional YAML with the command's options (those given, not None) over it."""
-    from xtok.config import RECIPE_SCHEMAS, config_from_dict, load_config
+    from xtok.config import RECIPE_SCHEMAS
+    from xtok.configfile import config_from_dict, load_config
 
     base = load_config(config, recipe=recipe).model_dump() if config else {"recipe": recipe}
     base.update({key: value for key, value in given.items() if value is not None})
@@ -129,7 +130,7 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line per model, no tables")] = False,
 ) -> None:
     """Bits per byte, bytes per token and digit splitting, per domain and overall."""
-    from xtok.config import config_from_dict
+    from xtok.configfile import config_from_dict
     from xtok.eval.report import print_tables
     from xtok.eval.run import run_eval
     from xtok.utils.io import default_output
@@ -194,7 +195,7 @@ def distill_cmd(
     overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
 ) -> None:
     """Token-level distillation TEACHER -> STUDENT (same vocabulary) in progressive stages; rerun to resume."""
-    from xtok.config import load_config
+    from xtok.configfile import load_config
     from xtok.distill.run import run_distill
 
     extra = [*(overrides or []), *([f"out={out}"] if out else []), *(["overwrite=true"] if overwrite else [])]
@@ -203,15 +204,54 @@ def distill_cmd(
         folder, report = run_distill(cfg, State.cache_dir, progress=True)
     except USER_ERRORS as exc:
         _fail(exc)
-    table = Table(title=f"distill {report['teacher']} -> {report['student']} ({report['loss']})")
+    _stage_table(f"distill {report['teacher']} -> {report['student']} ({report['loss']})", report)
+    console.print(f"written: {folder}")
+
+
+@app.command("heal")
+def heal_cmd(
+    model: Annotated[Optional[str], typer.Option(help="the transplanted model (xtok transplant's output)")] = None,
+    original: Annotated[Optional[str], typer.Option(help="the model it was transplanted from (own tokenizer)")] = None,
+    out: Annotated[Optional[str], typer.Option(help="output folder: the healed model")] = None,
+    minutes: Annotated[Optional[float], typer.Option(help="wall-clock budget of the training")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="optimizer steps (of a one-stage config)")] = None,
+    loss: Annotated[Optional[str], typer.Option(help="alm (the original teaches, chunk by chunk) or ce (the text)")] = None,
+    config: Annotated[Optional[str], typer.Option(help="a heal YAML (path or name under xtok/configs/heal/)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
+) -> None:
+    """Heal a transplant: its original teaches it across the two tokenizations; rerun to resume."""
+    from xtok.distill.heal import run_heal
+
+    try:
+        if steps is not None and steps < 1:
+            raise ValueError(f"--steps {steps}: give at least 1 step")
+        cfg = _config_from_options("heal", config, {"model": model, "original": original, "out": out, "loss": loss,
+                                                    "max_minutes": minutes, "overwrite": overwrite or None},
+                                   ("model", "original", "out"))
+        if steps is not None:
+            if len(cfg.stages) != 1:
+                raise ValueError(f"--steps sets the steps of a one-stage heal; this config has {len(cfg.stages)} stages: "
+                                 "set stages.N.steps=... overrides in the YAML instead")
+            cfg = cfg.model_copy(update={"stages": [cfg.stages[0].model_copy(update={"steps": steps})]})
+        folder, report = run_heal(cfg, State.cache_dir, progress=True)
+    except USER_ERRORS as exc:
+        _fail(exc)
+    _stage_table(f"heal {report['student']} from {cfg.original} ({report['loss']})", report)
+    console.print(f"written: {folder}")
+
+
+def _stage_table(title: str, report: dict) -> None:
+    table = Table(title=title)
     for col in ("stage", "steps", "trainable params", "train loss", "tokens/s", "seconds"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for st in report["stages"]:
+        if st.get("skipped"):
+            table.add_row(st["stage"], "0", "-", f"skipped ({st['skipped']})", "-", "-")
+            continue
         tps = st.get("tokens_per_second")
         table.add_row(st["stage"], str(st["steps"]), f"{st['trainable_parameters'] / 1e6:.1f}M", f"{st['train_loss']:.4g}",
                       f"{tps:.0f}" if tps else "-", f"{st['seconds']:.0f}")
     console.print(table)
-    console.print(f"written: {folder}")
 
 
 @app.command("align")
@@ -268,7 +308,7 @@ def draft_check_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
     """Acceptance rate, mean acceptance length, per-position acceptance, speed-up, and greedy losslessness."""
-    from xtok.config import config_from_dict
+    from xtok.configfile import config_from_dict
     from xtok.speculative.run import run_draft_check
     from xtok.utils.io import default_output
 
@@ -309,7 +349,7 @@ def ensemble_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
     """Bits per byte of a mixture of MODELS against each member, per domain."""
-    from xtok.config import config_from_dict
+    from xtok.configfile import config_from_dict
     from xtok.ensemble.run import run_ensemble
     from xtok.eval.report import print_tables
     from xtok.utils.io import default_output
@@ -339,7 +379,7 @@ def run_cmd(
     overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value settings over the config")] = None,
 ) -> None:
     """Run one recipe with one config: xtok run end_to_end --config qwen2.5-coder-0.5b_to_smollm2-135m."""
-    from xtok.config import load_config
+    from xtok.configfile import load_config
     from xtok.recipes import check_recipe, run_recipe
 
     try:
@@ -354,7 +394,7 @@ def run_cmd(
 @app.command("validate")
 def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
     """Check configs against the schema without loading any model."""
-    from xtok.config import validate_file
+    from xtok.configfile import validate_file
 
     bad = 0
     for c in configs:

@@ -1,7 +1,7 @@
-"""The pydantic schema of every recipe config (extra="forbid"), loading YAML and key=value overrides.
+"""The pydantic schema of every recipe config (extra="forbid").
 
-Every YAML names its recipe (``recipe: eval``); ``load_config`` validates it into that recipe's
-model, so a typo in a key is an error, not a silently ignored setting.
+Every YAML names its recipe (``recipe: eval``); ``xtok.configfile.load_config`` validates it into that
+recipe's model, so a typo in a key is an error, not a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from xtok import registry as registries  # imports nothing else of xtok: the modules filling it load on first use
@@ -133,8 +132,9 @@ class DraftCheckConfig(Strict):
 class StageConfig(Strict):
     """One stage of progressive fine-tuning."""
 
-    train: Literal["embeddings", "full", "lora"] = Field(description="embeddings = input embeddings and head only; "
-                                                                     "full = every weight; lora = peft adapters")
+    train: Literal["embeddings", "new_rows", "full", "lora"] = Field(
+        description="embeddings = input embeddings and head only; new_rows = only their rows a transplant made (needs "
+                    "original); full = every weight; lora = peft adapters")
     steps: int = Field(ge=1, description="optimizer steps")
     learning_rate: float = Field(gt=0)
     scheduler: str = Field("cosine", description="a transformers lr_scheduler_type")
@@ -166,6 +166,8 @@ class DistillConfig(Strict):
     recipe: Literal["distill"] = "distill"
     student: str = Field(description="a student that already has the teacher's tokenizer (xtok transplant)")
     teacher: str | None = Field(None, description="not needed for loss: ce")
+    original: str | None = Field(None, description="the model the student was transplanted from: new_rows stages "
+                                 "train the rows it lacks or the transplant changed")
     out: str
     data: DataConfig = DataConfig(spec="bundled:train")
     seq_len: int = Field(256, ge=8, description="tokens per packed training sequence")
@@ -179,6 +181,8 @@ class DistillConfig(Strict):
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
     stages: list[StageConfig] = Field(min_length=1)
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the run's training: a stage "
+                                      "stops at it (its model is kept) and later stages are skipped")
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")
@@ -196,9 +200,61 @@ class DistillConfig(Strict):
         if self.on_policy.lmbda and self.teacher_cache.top_k is not None:
             raise ValueError("on_policy.lmbda > 0 scores the student's samples with the teacher online; "
                              "set teacher_cache.top_k: null")
+        if any(s.train == "new_rows" for s in self.stages) and not self.original:
+            raise ValueError("a new_rows stage trains the rows a transplant made; set original (the model the student "
+                             "was transplanted from)")
         if self.on_policy.lmbda and not LOSSES.meta(self.loss).get("same_vocab", True):
             raise ValueError(f"on-policy batches are not supported with loss {self.loss!r}; set on_policy.lmbda: 0")
         return self
+
+
+class HealConfig(Strict):
+    """Heal a transplant: ``original`` (the student with its own tokenizer) teaches its transplanted copy ``model``
+    across the two tokenizations of the same text (``alm``), or the copy learns the text itself (``ce``)."""
+
+    recipe: Literal["heal"] = "heal"
+    model: str = Field(description="the transplanted model (xtok transplant's output)")
+    original: str = Field(description="the model it was transplanted from, with its own tokenizer")
+    out: str
+    data: DataConfig = DataConfig(spec="bundled:train")
+    loss: LossName = Field("alm", description="alm (the original's chunk likelihoods) or ce (next-token "
+                           "cross-entropy on the text, TokAlign's stage 1)")
+    temperature: float = Field(1.0, gt=0, description="alm: divides the chunk log-probabilities")
+    ce_weight: float = Field(0.0, ge=0, le=1, description="alm: mix of plain cross-entropy into the loss")
+    seq_len: int = Field(256, ge=8)
+    max_sequences: int | None = Field(None, ge=1)
+    batch_size: int = Field(2, ge=1)
+    grad_accum: int = Field(2, ge=1)
+    stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(
+        train="new_rows", steps=200, learning_rate=2e-3, scheduler="constant_with_warmup", warmup_ratio=0.05)],
+        min_length=1)
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the training")
+    curve_data: DataConfig | None = Field(None, description="held-out text scored (bits per byte per domain) at the "
+                                          "start and every curve_steps steps: the curve in heal_curve.json")
+    curve_steps: int = Field(50, ge=1)
+    seed: int = 0
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(50, ge=1)
+    loss_chunk: int = Field(128, ge=1)
+    overwrite: bool = False
+
+    @model_validator(mode="after")
+    def _loss_reads_two_tokenizations(self) -> HealConfig:
+        meta = LOSSES.meta(self.loss)
+        if meta.get("needs_teacher", True) and meta.get("same_vocab", True):
+            raise ValueError(f"loss {self.loss!r} needs a teacher with the model's vocabulary; the original has its "
+                             "own tokenizer: use loss alm (or ce, which needs no teacher)")
+        return self
+
+    def distill_config(self) -> DistillConfig:
+        """The distill job that runs this heal."""
+        teacher = self.original if LOSSES.meta(self.loss).get("needs_teacher", True) else None
+        return DistillConfig(student=self.model, teacher=teacher, original=self.original, out=self.out, data=self.data,
+                             seq_len=self.seq_len, max_sequences=self.max_sequences, batch_size=self.batch_size,
+                             grad_accum=self.grad_accum, loss=self.loss, temperature=self.temperature,
+                             ce_weight=self.ce_weight, teacher_cache=TeacherCacheConfig(top_k=None), stages=self.stages,
+                             max_minutes=self.max_minutes, seed=self.seed, logging_steps=self.logging_steps,
+                             save_steps=self.save_steps, loss_chunk=self.loss_chunk, overwrite=self.overwrite)
 
 
 class EnsembleConfig(Strict):
@@ -314,84 +370,4 @@ class AlignConfig(Strict):
 
 RECIPE_SCHEMAS: dict[str, type[Strict]] = {"eval": EvalConfig, "transplant": TransplantConfig, "draft_check": DraftCheckConfig,
                                            "distill": DistillConfig, "ensemble": EnsembleConfig, "end_to_end": EndToEndConfig,
-                                           "align": AlignConfig}
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in nested mappings; a number indexes a list (``stages.0.steps``)."""
-    node: Any = tree
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        last = depth == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ValueError(f"override {key!r}: {part!r} is not an index of a list of {len(node)}")
-            part = int(part)
-        elif not isinstance(node, dict):
-            raise ValueError(f"override {key!r}: {parts[depth - 1]!r} is not a section")
-        if last:
-            node[part] = value
-        else:
-            node = node.setdefault(part, {}) if isinstance(node, dict) else node[part]
-
-
-def parse_overrides(overrides: list[str]) -> list[tuple[str, Any]]:
-    out = []
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value (e.g. eval.window=512)")
-        key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw)))
-    return out
-
-
-def find_config(name_or_path: str | Path, recipe: str | None = None) -> Path:
-    """A path, or a config name under xtok/configs/<recipe>/ (with or without .yaml)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    candidates = []
-    if recipe:
-        candidates.append(CONFIGS_DIR / recipe / f"{path.name.removesuffix('.yaml')}.yaml")
-    candidates.append(CONFIGS_DIR / f"{str(name_or_path).removesuffix('.yaml')}.yaml")
-    for cand in candidates:
-        if cand.is_file():
-            return cand
-    raise FileNotFoundError(f"config {name_or_path!r} not found (looked at {', '.join(str(c) for c in [path, *candidates])})")
-
-
-def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Strict:
-    recipe = data.get("recipe")
-    if recipe not in RECIPE_SCHEMAS:
-        raise ValueError(f"{source}: 'recipe' must be one of {', '.join(RECIPE_SCHEMAS)}, got {recipe!r}")
-    try:
-        return RECIPE_SCHEMAS[recipe].model_validate(data)
-    except ValidationError as exc:
-        raise ValueError(f"{source} is not a valid {recipe} config:\n{exc}") from exc
-
-
-def load_config(name_or_path: str | Path, overrides: list[str] | None = None, recipe: str | None = None) -> Strict:
-    path = find_config(name_or_path, recipe)
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
-    for key, value in parse_overrides(overrides or []):
-        _set_dotted(data, key, value)
-    if recipe and data.get("recipe") != recipe:
-        raise ValueError(f"{path} is a {data.get('recipe')!r} config, not {recipe!r}")
-    return config_from_dict(data, str(path))
-
-
-def validate_file(name_or_path: str | Path) -> str:
-    """Validate a recipe config, or an accelerate launch config under xtok/configs/accelerate/; return its kind."""
-    path = find_config(name_or_path)
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if isinstance(data, dict) and "compute_environment" in data:
-        from accelerate.commands.config.config_args import ClusterConfig
-
-        try:
-            ClusterConfig.from_yaml_file(str(path))
-        except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"{path} is not a valid accelerate config: {exc}") from exc
-        return "accelerate"
-    return load_config(path).recipe
+                                           "align": AlignConfig, "heal": HealConfig}

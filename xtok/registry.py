@@ -113,7 +113,7 @@ class MethodNeeds:
 
 # Every registry of the project, with the modules that fill it (imported on first use).
 INIT_METHODS = Registry("init method", modules=("xtok.transplant.methods", "xtok.transplant.tokalign"), spec_type=MethodSpec)
-LOSSES = Registry("loss", modules=("xtok.losses.kd",))
+LOSSES = Registry("loss", modules=("xtok.losses.kd", "xtok.losses.alm"))
 DRAFT_BACKENDS = Registry("drafter backend", modules=("xtok.speculative.hf", "xtok.speculative.vllm_backend"))
 ENSEMBLE_MODES = Registry("ensemble mode", modules=("xtok.ensemble.mix",))
 EMBEDDERS = Registry("co-occurrence embedding", modules=("xtok.align.embed",))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xtok.align.run import run_align
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 
 
 def cfg(**kw):

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from tests.distill.tolerance import EPS32, assert_float32_close
-from xtok.config import config_from_dict
+from xtok.configfile import config_from_dict
 from xtok.distill.data import BlockDataset, pack_documents
 from xtok.distill.run import partial_dir, run_distill
 from xtok.distill.trainer import DistillTrainer

@@ -54,7 +54,7 @@ def test_missing_calibration_data_fails_before_loading_models(tmp_path, monkeypa
     import pytest
 
     import xtok.transplant.run as run
-    from xtok.config import config_from_dict
+    from xtok.configfile import config_from_dict
 
     monkeypatch.setattr(run, "load_model", lambda *a: pytest.fail("models loaded before the data was checked"))
     cfg = config_from_dict({"recipe": "transplant", "student": "smollm2-135m", "teacher": "qwen2.5-coder-0.5b",

@@ -104,8 +104,10 @@ def test_transplant_with_a_subword_prior_head(real_tokenizer):
     tmap = build_token_map(qwen, smol)
     out = model.get_output_embeddings().weight
     shared = tmap.shared_teacher_ids
-    torch.testing.assert_close(out[shared], student.get_output_embeddings().weight[tmap.student_of[shared]])
-    # a new token's logit is its first piece's logit plus log(share) times h · v, at every position
+    replaced = report["spaces"]["output"]["subword_prior"]["shared_rows_replaced"]
+    same = (out[shared] == student.get_output_embeddings().weight[tmap.student_of[shared]]).all(1)
+    assert 0 < replaced < len(shared) and int((~same).sum()) == replaced  # first pieces with new family members
+    # a new token's logit is its first piece's logit plus log(share ratio) times h · v, at every position
     t = qwen.convert_tokens_to_ids("Ġunbelievable")
     assert tmap.student_of[t] < 0
     p1 = smol(" unbelievable", add_special_tokens=False)["input_ids"][0]
@@ -114,8 +116,11 @@ def test_transplant_with_a_subword_prior_head(real_tokenizer):
     with torch.no_grad():
         o = model(input_ids=ids, output_hidden_states=True)
     diff = o.logits[0, :, t] - o.logits[0, :, p1_teacher]
-    v_part = out[t] - student.get_output_embeddings().weight[p1]
+    v_part = out[t] - out[p1_teacher]
     torch.testing.assert_close(diff, o.hidden_states[-1][0] @ v_part, rtol=1e-4, atol=1e-4)
+    base = student.get_output_embeddings().weight[p1]
+    ratio = (out[t] - base) / (out[p1_teacher] - base)  # both along v: one vector ratio, the ratio of log shares
+    assert float(ratio.std()) < 1e-3 * float(ratio.abs().mean()) and float(ratio.mean()) > 0
     assert (v_part.norm() > 0) and torch.isfinite(out).all()
 
 
@@ -145,3 +150,45 @@ def test_subword_prior_without_a_teacher_model_takes_an_alignments_counts(real_t
     # both rows are base + log(share) * v for one direction v: (row - base) / log(share) agree
     torch.testing.assert_close((out[a] - base) / share_a, (out[b] - base) / share_b, rtol=1e-4, atol=1e-5)
     assert (out[a] - base).norm() > 0
+
+
+def test_subword_prior_families_hold_exactly_the_students_probability(real_tokenizer):
+    """At a hidden state with h · v = 1, the members of each first piece p's family (the teacher tokens spelled p ...,
+    shared or new) have exp-logits summing to exp(p's student logit): Σ_t exp(h · w_t) = exp(h · w_p)."""
+    from xtok.transplant.apply import _new_space_rows
+
+    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    tmap = build_token_map(qwen, smol)
+    torch.manual_seed(0)
+    d = 8
+    student = torch.randn(len(smol), d) / 3
+    v = torch.randn(d)
+    prior = torch.rand(len(qwen), dtype=torch.float64) + 1e-3
+    cal = Calibration(v, 0.0, prior / prior.sum(), {"teacher": 1}, 0.0)
+    tcv = canonical_vocab(qwen)
+    space = Space("output", student, None, *tmap.anchors(), tcv.bytes_of, smol, calibration=cal, student_of=tmap.student_of)
+    rows, report = _new_space_rows(space, tmap, "subword-prior", len(qwen))
+    h = torch.randn(3, d).double()
+    h = h - ((h @ v.double() - 1) / v.double().dot(v.double()))[:, None] * v.double()  # h · v = 1 exactly
+    # independent reference for the families: the student's tokenization of each token's text, its own id if shared
+    first = torch.full((len(qwen),), -1)
+    by_bytes = {b: i for i, b in enumerate(canonical_vocab(smol).bytes_of) if b}
+    texts, where = [], []
+    for t, b in enumerate(tcv.bytes_of):
+        if tmap.student_of[t] >= 0:
+            first[t] = tmap.student_of[t]
+        elif b:
+            try:
+                texts.append(b.decode("utf-8"))
+                where.append(t)
+            except UnicodeDecodeError:  # a partial UTF-8 sequence: the student's longest token it starts with
+                first[t] = next((by_bytes[b[:j]] for j in range(len(b), 0, -1) if b[:j] in by_bytes), -1)
+    for t, ids in zip(where, smol(texts, add_special_tokens=False)["input_ids"]):
+        first[t] = ids[0] if ids else -1
+    pieces = torch.unique(first[first >= 0])
+    logits = rows.double() @ h.T  # (V_t, 3)
+    mass = torch.zeros((len(smol), 3), dtype=torch.float64).index_add_(0, first[first >= 0], logits[first >= 0].exp()).log()
+    want = (student.double() @ h.T)[pieces]
+    # float32 rows: each logit is off by ~|h||w| * 2^-24; a log of a sum of such terms by as much
+    torch.testing.assert_close(mass[pieces], want, rtol=0, atol=1e-5)
+    assert report["subword_prior"]["shared_rows_replaced"] > 1000 and len(pieces) > 20000

@@ -17,6 +17,7 @@ import torch
 from xtok.config import DataConfig
 from xtok.corpus import load_corpus
 from xtok.losses.kd import TeacherTopK
+from xtok.vocab.chunks import PairedTokens
 from xtok.vocab.identity import start_token_id
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,19 @@ def teacher_tokenization(student_tok, teacher_tok, blocks: torch.Tensor) -> tupl
 
 class BlockDataset(torch.utils.data.Dataset):
     """Packed blocks as Trainer examples, with the cached teacher top-k (a ``TeacherTopK`` over the blocks), or the
-    teacher's own tokenization of the same text (``uld``), joined in when given."""
+    teacher's own tokenization of the same text (``uld``; with both sides' chunk ids for ``alm``), joined in when
+    given."""
 
     def __init__(self, blocks: torch.Tensor, teacher_topk: TeacherTopK | None = None,
-                 teacher_tokens: tuple[torch.Tensor, torch.Tensor] | None = None):
+                 teacher_tokens: tuple[torch.Tensor, torch.Tensor] | None = None, chunks: PairedTokens | None = None):
         if teacher_topk is not None and teacher_topk.logprobs.shape[:2] != blocks.shape:
             raise ValueError(f"teacher cache covers {tuple(teacher_topk.logprobs.shape[:2])} positions, the data "
                              f"{tuple(blocks.shape)}; delete the cache so it is rebuilt")
-        self.blocks, self.topk, self.teacher_tokens = blocks, teacher_topk, teacher_tokens
+        if chunks is not None:
+            if teacher_tokens is not None:
+                raise ValueError("give the teacher's tokens once: as teacher_tokens (uld) or inside chunks (alm)")
+            teacher_tokens = (chunks.ids, chunks.mask)
+        self.blocks, self.topk, self.teacher_tokens, self.chunks = blocks, teacher_topk, teacher_tokens, chunks
 
     def __len__(self) -> int:
         return len(self.blocks)
@@ -98,4 +104,6 @@ class BlockDataset(torch.utils.data.Dataset):
             item["teacher_topk_temperature"] = torch.tensor(self.topk.temperature, dtype=torch.float32)
         if self.teacher_tokens is not None:
             item["teacher_input_ids"], item["teacher_attention_mask"] = self.teacher_tokens[0][i], self.teacher_tokens[1][i]
+        if self.chunks is not None:
+            item["student_chunk"], item["teacher_chunk"] = self.chunks.a_chunk[i], self.chunks.b_chunk[i]
         return item

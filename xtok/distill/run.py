@@ -24,17 +24,30 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
 from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks
-from xtok.distill.stages import merge_lora, prepare_stage
+from xtok.distill.stages import changed_rows, merge_lora, prepare_stage
 from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import LOSSES
 from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
+from xtok.vocab.chunks import paired_tokenization
 from xtok.vocab.identity import vocab_fingerprint
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "distill_run.json"
+
+
+class TimeBudget(TrainerCallback):
+    """Stop training at a wall-clock deadline (``time.monotonic()`` seconds); the stage then ends as if finished."""
+
+    def __init__(self, deadline: float):
+        self.deadline, self.hit = deadline, False
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() >= self.deadline:
+            self.hit = control.should_training_stop = True
+        return control
 
 
 def partial_dir(out: Path) -> Path:
@@ -47,7 +60,7 @@ def stage_name(i: int, stage) -> str:
 
 def _run_key(cfg: DistillConfig) -> dict:
     """What must not change between an interrupted run and its resumption."""
-    return cfg.model_dump(exclude={"out", "overwrite", "report_to", "logging_steps"})
+    return cfg.model_dump(exclude={"out", "overwrite", "report_to", "logging_steps", "max_minutes"})
 
 
 def _open_run(cfg: DistillConfig, out: Path, state: PartialState) -> Path:
@@ -96,11 +109,11 @@ def _save_model(model, tokenizer, folder: Path) -> None:
 
 
 def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, teacher, dataset, run: Path,
-               state: PartialState, callbacks, progress: bool) -> dict:
+               state: PartialState, callbacks, progress: bool, rows=None, budget: TimeBudget | None = None) -> dict:
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
-    model, trainable = prepare_stage(model, stage)
+    model, trainable = prepare_stage(model, stage, rows)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
              stage.steps)
@@ -109,7 +122,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
                              sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
-                             callbacks=list(callbacks))
+                             callbacks=list(callbacks) + ([budget] if budget is not None else []))
     if not progress:  # quiet as a library: the losses are in the returned log_history
         trainer.remove_callback(PrinterCallback)
     ckpt = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
@@ -118,10 +131,12 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=ckpt)
     seconds = time.perf_counter() - t0
-    steps_done = stage.steps - (int(Path(ckpt).name.split("-")[-1]) if ckpt else 0)
+    steps_done = trainer.state.global_step - (int(Path(ckpt).name.split("-")[-1]) if ckpt else 0)
     tokens = steps_done * cfg.batch_size * cfg.grad_accum * cfg.seq_len * state.num_processes
     summary = {
-        "stage": stage_name(i, stage), "train": stage.train, "steps": stage.steps, "trainable_tensors": len(trainable),
+        "stage": stage_name(i, stage), "train": stage.train, "steps": trainer.state.global_step,
+        "steps_planned": stage.steps, "stopped_by_budget": bool(budget is not None and budget.hit),
+        "trainable_tensors": len(trainable),
         "trainable_parameters": n_train, "train_loss": result.training_loss, "seconds": round(seconds, 2),
         "tokens_per_second": tokens / seconds if seconds else None, "resumed_from": ckpt and Path(ckpt).name,
         "log_history": trainer.state.log_history,
@@ -168,6 +183,16 @@ def check_launch() -> None:
                          "--nproc_per_node N -m xtok distill --config ...")
 
 
+def _changed_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -> dict:
+    """The rows a transplant made (``changed_rows``): the student against ``cfg.original``."""
+    original_spec = resolve_model(cfg.original, cache_dir)
+    original, _ = load_model(original_spec)
+    student, _ = load_model(student_spec)
+    rows = changed_rows(student, tokenizer, original, load_tokenizer(original_spec))
+    log.info("new_rows stages train %s rows", {k: int(v.sum()) for k, v in rows.items()})
+    return rows
+
+
 def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tuple[Path, dict]:
     check_launch()  # before any model is loaded
     # Without a GPU, say so: only then do accelerate and the Trainer treat a torchrun/accelerate launch as CPU DDP (gloo).
@@ -185,20 +210,25 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
     run = _open_run(cfg, out, state)
     t0 = time.perf_counter()
     blocks = training_blocks(tokenizer, cfg.data, cfg.seq_len, cfg.max_sequences)
-    topk = teacher_tokens = None
+    topk = teacher_tokens = chunks = None
     if teacher_spec is not None:
         teacher, _ = load_model(teacher_spec)
-        if not meta.get("same_vocab", True):  # uld: the teacher reads the same text in its own tokens, online
+        if meta.get("chunks"):  # alm: the teacher reads the same text in its own tokens, chunk by chunk, online
+            chunks = paired_tokenization(tokenizer, teacher_tok, blocks)
+            log.info("chunks: %d of %d tokens outside every chunk", chunks.uncovered, blocks.numel())
+        elif not meta.get("same_vocab", True):  # uld: the teacher reads the same text in its own tokens, online
             teacher_tokens = teacher_tokenization(tokenizer, teacher_tok, blocks)
         else:
             check_same_vocab(AutoConfig.from_pretrained(student_spec), teacher)
-        if teacher_tokens is None and cfg.teacher_cache.top_k is not None:
+        if meta.get("same_vocab", True) and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
                                    cfg.teacher_cache.batch_size, temperature=cfg.temperature,
                                    progress=progress and state.is_main_process)
             teacher = None  # the cache replaces the online teacher; free its memory
-    dataset = BlockDataset(blocks, topk, teacher_tokens)
+    dataset = BlockDataset(blocks, topk, teacher_tokens, chunks)
+    rows = _changed_rows(cfg, student_spec, tokenizer, cache_dir) if any(s.train == "new_rows" for s in cfg.stages) else None
+    budget = TimeBudget(time.monotonic() + 60 * cfg.max_minutes) if cfg.max_minutes else None
     summaries = []
     model_spec = student_spec
     for i, stage in enumerate(cfg.stages):
@@ -206,9 +236,13 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         if (folder / "summary.json").is_file() and (folder / "model" / "config.json").is_file():
             log.info("%s: done in an earlier run, skipped", stage_name(i, stage))
             summaries.append(json.loads((folder / "summary.json").read_text()))
+        elif budget is not None and budget.hit:
+            log.info("%s: skipped, the run's %s-minute budget is spent", stage_name(i, stage), cfg.max_minutes)
+            summaries.append({"stage": stage_name(i, stage), "train": stage.train, "steps": 0, "skipped": "budget"})
+            continue
         else:
             summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks,
-                                        progress))
+                                        progress, rows, budget))
         model_spec = str(folder / "model")
     report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
               "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if topk is not None else None,

@@ -4,13 +4,16 @@ Stage 1 trains only the input embeddings and the output head, found through
 ``get_input_embeddings()`` / ``get_output_embeddings()`` (never by parameter names: a substring
 match is how TokAlign's stage 1 froze the Llama head by accident); tied weights count once.
 Stage 2 trains everything, or LoRA adapters (peft) that are merged back when the stage ends.
+A ``new_rows`` stage (healing a transplant) trains only the embedding and head rows the transplant made:
+the rows of tokens the original model lacks, and the shared rows it changed; the other rows' gradients are
+zeroed, so Adam leaves them exactly as they are (its weight decay must be 0).
 """
 
 from __future__ import annotations
 
 import torch
 
-STAGES = ("embeddings", "full", "lora")
+STAGES = ("embeddings", "new_rows", "full", "lora")
 
 
 def embedding_parameters(model) -> list[torch.nn.Parameter]:
@@ -50,8 +53,59 @@ def merge_lora(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def prepare_stage(model, stage) -> tuple[object, list[str]]:
-    """The model to train in ``stage`` (a StageConfig) and the names of its trainable parameters."""
+def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Tensor]:
+    """Per space ("input", "output"), a bool mask over ``model``'s rows: the tokens of ``model_tok`` that
+    ``original_tok`` lacks (byte-canonically), and the shared tokens whose row differs from the original's.
+    Rows past the tokenizer (padding) stay False."""
+    from xtok.vocab.shared import build_token_map
+
+    tmap = build_token_map(model_tok, original_tok)
+    out = {}
+    for space, get in (("input", "get_input_embeddings"), ("output", "get_output_embeddings")):
+        mine, theirs = getattr(model, get)(), getattr(original, get)()
+        if mine is None or theirs is None:
+            continue
+        w, w0 = mine.weight.detach(), theirs.weight.detach()
+        mask = torch.zeros(w.shape[0], dtype=torch.bool)
+        new = tmap.new_teacher_ids
+        mask[new[new < w.shape[0]]] = True
+        shared = tmap.shared_teacher_ids
+        shared = shared[shared < w.shape[0]]
+        mask[shared] = (w[shared].float() != w0[tmap.student_of[shared]].float()).any(1)
+        out[space] = mask
+    return out
+
+
+def restrict_rows(model, rows: dict[str, torch.Tensor]) -> None:
+    """Zero the gradient of every embedding and head row not in ``rows`` (masks from ``changed_rows``); a tied
+    matrix trains the union of its two masks."""
+    masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
+    for space, get in (("input", "get_input_embeddings"), ("output", "get_output_embeddings")):
+        module = getattr(model, get)()
+        if module is None or space not in rows:
+            continue
+        p = module.weight
+        if rows[space].shape[0] != p.shape[0]:
+            raise ValueError(f"a {space} row mask of {rows[space].shape[0]} rows for a matrix of {p.shape[0]}")
+        prev = masks.get(id(p), (p, torch.zeros_like(rows[space])))[1]
+        masks[id(p)] = (p, prev | rows[space])
+    for p, mask in masks.values():
+        keep = mask.to(p.device, p.dtype)[:, None]
+        p.register_hook(lambda g, keep=keep: g * keep)
+
+
+def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str]]:
+    """The model to train in ``stage`` (a StageConfig) and the names of its trainable parameters; a ``new_rows``
+    stage needs the ``rows`` masks (``changed_rows``)."""
+    if stage.train == "new_rows":
+        if rows is None:
+            raise ValueError("a new_rows stage trains the rows a transplant made: set original (the model it was "
+                             "transplanted from) so they can be found")
+        if stage.weight_decay:
+            raise ValueError(f"weight_decay={stage.weight_decay} would move the frozen rows of a new_rows stage; set 0")
+        names = select_trainable(model, "embeddings")
+        restrict_rows(model, rows)
+        return model, names
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
         return model, [n for n, p in model.named_parameters() if p.requires_grad]

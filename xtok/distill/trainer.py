@@ -24,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from xtok.losses.alm import TeacherChunks, token_logprobs
 from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
 from xtok.registry import LOSSES
 
@@ -124,10 +125,14 @@ class DistillTrainer(Trainer):
             return top.positions(slice(None, -1))
         if self.teacher is None:
             raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
-        if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld)
+        if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld, alm)
             t_ids, t_att = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
             with torch.no_grad():
                 logits = self.teacher(input_ids=t_ids, attention_mask=t_att).logits[:, :-1]  # (B, Tt-1, Vt)
+                if "teacher_chunk" in inputs:
+                    lp = token_logprobs(logits, t_ids[:, 1:], self.loss_chunk)  # (B, Tt-1)
+                    lp = torch.cat([lp.new_zeros((lp.shape[0], 1)), lp], 1)  # position 0: not predicted
+                    return TeacherChunks(lp, inputs["teacher_chunk"], inputs["student_chunk"])
             return TeacherOtherVocab(logits, t_att[:, 1:].bool())
         with torch.no_grad():
             return self.teacher(**fwd).logits[:, :-1]  # (B, T-1, V)

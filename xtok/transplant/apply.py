@@ -60,6 +60,11 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
     t0 = time.perf_counter()
     if len(new):
         out[new] = INIT_METHODS.get(method)(space, new).float()
+    if space.replaced is not None:
+        ids, replaced = space.replaced
+        if len(ids) and tmap.student_of[ids].min() < 0:
+            raise RuntimeError(f"init method {method!r} replaced rows of tokens that are not shared")
+        out[ids] = replaced.float()
     seconds = time.perf_counter() - t0
     if not torch.isfinite(out).all():
         raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")

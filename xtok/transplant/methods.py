@@ -38,6 +38,8 @@ class Space:
     calibration: Any = None  # an xtok.transplant.calibrate.Calibration, for the methods that need one
     student_of: torch.Tensor | None = None  # (V_t,) student id of each shared teacher token, -1 for new ones
     details: dict[str, Any] = field(default_factory=dict)  # extra per-method counts for the report
+    # (teacher ids, rows) of shared tokens whose copied row a method replaces (subword-prior: a first piece's share)
+    replaced: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
@@ -181,17 +183,18 @@ def first_pieces(space: Space, teacher_ids: torch.Tensor) -> torch.Tensor:
     return out
 
 
-@INIT_METHODS.register("subword-prior", help="head only: the row of the new token's first student piece, plus a logit "
-                       "bias log(teacher's share of that piece's family), through the student's constant hidden direction",
-                       spec=MethodSpec(needs_calibration=True, head_only=True))
+@INIT_METHODS.register("subword-prior", help="head only: each teacher token whose first student piece is p gets p's row "
+                       "plus a logit bias log(its share of p's family), through the student's constant hidden direction; "
+                       "the family's probabilities sum to p's", spec=MethodSpec(needs_calibration=True, head_only=True))
 def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
-    """Rows whose logits follow the chain rule: a new token t spelled by student pieces p1 p2 ... gets p1's row
-    (its logit is p1's), shifted by log r_t, where r_t = P̄(t) / Σ P̄(t') over the teacher tokens t' whose first
-    student piece is also p1 (P̄: the teacher's mean next-token probability on calibration text, or, with no
-    teacher model, the tokens' smoothed frequencies in an alignment's corpus). The bias is
-    carried by the direction v with h · v ≈ 1 for the student's final hidden states h (the head has no bias
-    vector). So the family of p1 shares p1's probability in the teacher's proportions, instead of every
-    member taking p1's full logit; measured: bits per byte below FOCUS's in every domain on SmolLM2 <- Qwen2.5 and <- Gemma-3."""
+    """Rows whose logits follow the chain rule: the teacher tokens t whose first student piece is p (p's *family*:
+    new tokens spelled p p2 ..., and p itself where it is shared) split p's probability in proportions
+    r_t = P̄(t) / Σ P̄(t') over the family (P̄: the teacher's mean next-token probability on calibration text, or,
+    with no teacher model, the tokens' smoothed frequencies in an alignment's corpus). Each member gets p's row
+    shifted by log r_t along the direction v with h · v ≈ 1 for the student's final hidden states h (the head has no
+    bias vector), so Σ_t exp(logit_t) = exp(logit_p) wherever h · v = 1: the family holds exactly what the student
+    gives p. A shared p with new family members therefore has its copied row replaced too (``space.replaced``);
+    one alone in its family keeps its row."""
     if space.name != "output":
         raise ValueError("init method 'subword-prior' builds output-head rows; use it as the head method "
                          "(--head-method subword-prior) with another input method")
@@ -200,17 +203,26 @@ def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
         raise ValueError("init method 'subword-prior' needs a calibration (the student's constant direction and a prior); "
                          "call transplant() with a teacher model or an alignment (it calibrates on bundled text)")
     n_teacher = len(space.teacher_bytes)
-    every = torch.arange(n_teacher)
-    p1 = first_pieces(space, every)
+    p1 = first_pieces(space, torch.arange(n_teacher))
     prior = cal.teacher_prior[:n_teacher].clamp_min(1e-30)
     ok = p1 >= 0
-    family = torch.zeros(space.student.shape[0], dtype=torch.float64).index_add_(0, p1[ok], prior[ok])
+    rows_s = space.student.shape[0]
+    family = torch.zeros(rows_s, dtype=torch.float64).index_add_(0, p1[ok], prior[ok])
+    members = torch.zeros(rows_s, dtype=torch.long).index_add_(0, p1[ok], torch.ones(int(ok.sum()), dtype=torch.long))
+
+    def rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_share = (prior[ids] / family[p1[ids]]).log().float()
+        return space.student[p1[ids]] + log_share[:, None] * cal.direction[None, :], log_share
+
     out = space.student.mean(0).expand(len(new_ids), -1).clone()
-    mine = p1[new_ids]
-    has = mine >= 0
-    log_share = (prior[new_ids[has]] / family[mine[has]]).log().float()
-    out[has] = space.student[mine[has]] + log_share[:, None] * cal.direction[None, :]
+    has = p1[new_ids] >= 0
+    out[has], log_share = rows(new_ids[has])
     space.fallbacks += int((~has).sum())
+    if space.student_of is not None:  # shared first pieces with new family members give up their share
+        shared = torch.nonzero((space.student_of[:n_teacher] >= 0) & ok).flatten()
+        shared = shared[members[p1[shared]] > 1]
+        space.replaced = (shared, rows(shared)[0])
     space.details["subword_prior"] = {"mean_log_share": round(float(log_share.mean()), 3) if len(log_share) else None,
+                                      "shared_rows_replaced": 0 if space.replaced is None else len(space.replaced[0]),
                                       **cal.report()}
     return out

@@ -1,0 +1,110 @@
+"""xtok heal on tiny models with real tokenizers: what it trains, the curve, resuming, bad input."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.distill.test_run import TEXTS
+from tests.test_cli import xtok
+from xtok.configfile import config_from_dict
+from xtok.distill.heal import CURVE_FILE, run_heal
+from xtok.distill.stages import changed_rows
+from xtok.models.load import load_tokenizer
+from xtok.transplant.apply import save_transplant, transplant
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_model_dir, real_tokenizer, tmp_path_factory):
+    """(transplanted folder, original folder): a tiny Qwen2 given SmolLM2's tokenizer, training-free."""
+    original = tiny_model_dir("qwen2.5-coder-0.5b")
+    model = AutoModelForCausalLM.from_pretrained(original)
+    smol = real_tokenizer("smollm2-135m")
+    moved, report = transplant(model, load_tokenizer(str(original)), smol, method="subword", head_method="subword")
+    out = tmp_path_factory.mktemp("heal") / "transplanted"
+    save_transplant(moved, smol, out, report)
+    return out, original
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    texts = ["Gardeners delving into fertilizers empowers Literacy awareness. " * 3, *TEXTS]  # words new to Qwen's
+    path.write_text("".join(json.dumps({"text": t * 4, "domain": d}) + "\n" for t, d in zip(texts, ["prose", "code"] * 3)))
+    return path
+
+
+def _cfg(pair, tmp_path, data_file, **kw):
+    base = {"recipe": "heal", "model": str(pair[0]), "original": str(pair[1]), "out": str(tmp_path / "healed"),
+            "data": {"spec": str(data_file)}, "seq_len": 16, "max_sequences": 6, "batch_size": 2, "grad_accum": 1,
+            "save_steps": 2, "logging_steps": 1,
+            "stages": [{"train": "new_rows", "steps": 3, "learning_rate": 1e-2, "scheduler": "constant"}]}
+    base.update(kw)
+    return config_from_dict(base)
+
+
+@pytest.mark.parametrize("loss", ["alm", "ce"])
+def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file, loss):
+    cfg = _cfg(pair, tmp_path, data_file, loss=loss, curve_data={"spec": str(data_file)}, curve_steps=2)
+    out, report = run_heal(cfg)
+    before = AutoModelForCausalLM.from_pretrained(pair[0])
+    after = AutoModelForCausalLM.from_pretrained(out)
+    rows = changed_rows(before, load_tokenizer(str(pair[0])), AutoModelForCausalLM.from_pretrained(pair[1]),
+                        load_tokenizer(str(pair[1])))
+    assert 0 < int(rows["input"].sum()) < len(rows["input"])
+    from xtok.distill.data import training_blocks
+
+    used = torch.zeros(len(rows["input"]), dtype=torch.bool)
+    blocks = training_blocks(load_tokenizer(str(pair[0])), cfg.data, cfg.seq_len, cfg.max_sequences)
+    used[blocks[:, :-1].flatten()] = True  # 6 blocks, 3 steps of 2: each seen once; a last token predicts nothing
+    # the input rows that move are the changed rows the data reads; every changed head row moves (the softmax
+    # reaches them all); every other row stays as it was, bit for bit
+    for space, want in (("input", rows["input"] & used), ("output", rows["output"])):
+        get = "get_input_embeddings" if space == "input" else "get_output_embeddings"
+        moved = (getattr(before, get)().weight != getattr(after, get)().weight).any(1)
+        assert torch.equal(moved, want) and want.any(), space
+    emb = {id(before.get_input_embeddings().weight), id(before.get_output_embeddings().weight)}
+    b1 = dict(after.named_parameters())
+    for name, p in before.named_parameters():
+        if id(p) not in emb:
+            assert torch.equal(p, b1[name]), name  # nothing else moves in a new_rows stage
+    assert report["loss"] == loss and report["stages"][0]["steps"] == 3 and report["stages"][0]["train_loss"] > 0
+    curve = json.loads((out / CURVE_FILE).read_text())
+    assert [p["step"] for p in curve] == [0, 2, 3] and set(curve[0]["bits_per_byte"]) == {"code", "prose"}
+    assert curve[0]["tokens"] == 0 and curve[-1]["tokens"] == 3 * 2 * 16
+
+
+def test_heal_cli_and_its_bad_input(pair, tmp_path, data_file, tiny_model_dir):
+    model, original = (str(p) for p in pair)
+    res = xtok("heal", "--model", model, "--original", original, "--out", str(tmp_path / "h"), "--steps", "0")
+    assert res.returncode == 2 and "--steps 0" in " ".join(res.stderr.split())
+    res = xtok("heal", "--model", original, "--original", original, "--out", str(tmp_path / "h"), "--steps", "1")
+    assert res.returncode == 2 and "nothing to heal" in " ".join(res.stderr.split())
+    other = str(tiny_model_dir("qwen2.5-coder-0.5b", hidden_size=32, intermediate_size=64))  # its tokenizer, not its size
+    res = xtok("heal", "--model", model, "--original", other, "--out", str(tmp_path / "h"), "--steps", "1")
+    assert res.returncode == 2 and "is not a transplant of" in " ".join(res.stderr.split())
+    assert not (tmp_path / "h").exists() and not list(tmp_path.glob(".h*"))  # nothing half-written
+    with pytest.raises(ValueError, match="use loss alm"):
+        _cfg(pair, tmp_path, data_file, loss="forward_kl")
+    with pytest.raises(ValueError, match="weight_decay=0.1"):
+        run_heal(_cfg(pair, tmp_path, data_file, stages=[{"train": "new_rows", "steps": 1, "learning_rate": 1e-3,
+                                                          "weight_decay": 0.1}]))
+    tiny = tmp_path / "tiny.jsonl"
+    tiny.write_text(json.dumps({"text": "hi"}) + "\n")
+    with pytest.raises(ValueError, match="less than one sequence"):
+        run_heal(_cfg(pair, tmp_path, tiny, seq_len=64, overwrite=True))
+    res = xtok("heal", "--model", model, "--original", original, "--out", str(tmp_path / "h2"), "--steps", "2",
+               "--loss", "ce", "--config", str(_write_yaml(tmp_path, data_file)))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "h2" / "distill_log.json").read_text())["stages"][0]["steps"] == 2
+
+
+def _write_yaml(tmp_path, data_file):
+    import yaml
+
+    path = tmp_path / "heal.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "heal", "model": "x", "original": "y", "out": "z",
+                                    "data": {"spec": str(data_file)}, "seq_len": 16, "max_sequences": 4,
+                                    "batch_size": 2, "grad_accum": 1}))
+    return path
