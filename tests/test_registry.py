@@ -39,7 +39,7 @@ def test_duplicate_name_refused():
 
 EXPECTED = {
     "init methods": {"zero", "mean", "randn", "subword", "focus", "omp", "subword-prior", "tokalign", "tokalign+omp"},
-    "losses": {"forward_kl", "reverse_kl", "jsd", "ce", "uld"},
+    "losses": {"forward_kl", "reverse_kl", "jsd", "ce", "uld", "alm"},
     "drafter backends": {"hf", "vllm"},
     "ensemble modes": {"prob", "logprob"},
     "co-occurrence embeddings": {"ppmi-svd", "glove"},

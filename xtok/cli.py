@@ -126,10 +126,13 @@ def eval_cmd(
     batch_tokens: Annotated[Optional[int], typer.Option(help="padded tokens per forward batch [default: 8192, at "
                                                            "least one window]")] = None,
     dtype: str = "float32",
+    against: Annotated[Optional[str], typer.Option(help="also the bytes each model's greedy continuations share "
+                                                     "with this model's (the original)")] = None,
+    prompts: Annotated[int, typer.Option(help="--against: documents whose beginnings are the prompts")] = 8,
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/eval/<models>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line per model, no tables")] = False,
 ) -> None:
-    """Bits per byte, bytes per token and digit splitting, per domain and overall."""
+    """Bits per byte, bytes per token and digit splitting, per domain and overall; --against: greedy agreement."""
     from xtok.configfile import config_from_dict
     from xtok.eval.report import print_tables
     from xtok.eval.run import run_eval
@@ -140,6 +143,7 @@ def eval_cmd(
             "recipe": "eval", "models": models,
             "data": {"spec": data, "domains": domains or None, "max_docs_per_domain": max_docs, "max_chars_per_doc": max_chars},
             "eval": {"window": window, "overlap": overlap, "batch_tokens": batch_tokens, "dtype": dtype},
+            "against": against, "agreement": {"prompts": prompts},
         }, "command line")
         out = out or default_output("eval", models)
         results = run_eval(cfg, State.cache_dir, out, progress=not as_json)

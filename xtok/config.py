@@ -71,11 +71,22 @@ class EvalSettings(Strict):
         return self.batch_tokens or max(8192, self.window)
 
 
+class AgreementSettings(Strict):
+    """Greedy agreement with ``against``: prompts from the eval data's documents, continued by both models."""
+
+    prompts: int = Field(8, ge=1, description="documents whose beginnings are the prompts, domains in turn")
+    prompt_chars: int = Field(256, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
+
+
 class EvalConfig(Strict):
     recipe: Literal["eval"] = "eval"
     models: list[str] = Field(min_length=1)
     data: DataConfig = DataConfig()
     eval: EvalSettings = EvalSettings()
+    against: str | None = Field(None, description="also compare each model's greedy continuations with this "
+                                "model's (the original), in bytes")
+    agreement: AgreementSettings = AgreementSettings()
 
 
 class TransplantConfig(Strict):
@@ -290,10 +301,11 @@ class EndToEndDraftCheck(Strict):
 
 
 class EndToEndConfig(Strict):
-    """Transplant -> eval -> progressive distillation -> eval -> drafter check -> report.md, resumable stage by stage.
+    """Transplant -> eval -> [heal -> eval] -> progressive distillation -> eval -> drafter check -> report.md,
+    resumable stage by stage.
 
-    ``transplant`` and ``distill`` hold the settings of those recipes' configs without student, teacher and out,
-    which the run fills in; they are validated by those recipes' schemas.
+    ``transplant``, ``heal`` and ``distill`` hold the settings of those recipes' configs without student, teacher,
+    model, original and out, which the run fills in; they are validated by those recipes' schemas.
     """
 
     recipe: Literal["end_to_end"] = "end_to_end"
@@ -301,6 +313,8 @@ class EndToEndConfig(Strict):
     teacher: str
     out: str
     transplant: dict[str, Any] = Field(default_factory=dict)
+    heal: dict[str, Any] | None = Field(None, description="heal settings (a heal config without model, original, "
+                                        "out): the transplant is healed before it is distilled; None = no heal")
     distill: dict[str, Any]
     eval_data: DataConfig = DataConfig(max_docs_per_domain=3, max_chars_per_doc=3000)
     eval: EvalSettings = EvalSettings()
@@ -310,17 +324,23 @@ class EndToEndConfig(Strict):
         return TransplantConfig.model_validate({**self.transplant, "student": self.student, "teacher": self.teacher,
                                                 "out": out, "overwrite": True})
 
+    def heal_config(self, model: str, out: str) -> HealConfig:
+        return HealConfig.model_validate({**(self.heal or {}), "model": model, "original": self.student, "out": out})
+
     def distill_config(self, student: str, out: str) -> DistillConfig:
         return DistillConfig.model_validate({**self.distill, "student": student, "teacher": self.teacher, "out": out})
 
     @model_validator(mode="after")
     def _sections_valid(self) -> EndToEndConfig:
-        for key in ("student", "teacher", "out", "recipe"):
-            for name, section in (("transplant", self.transplant), ("distill", self.distill)):
+        for key in ("student", "teacher", "out", "recipe", "model", "original"):
+            for name, section in (("transplant", self.transplant), ("heal", self.heal or {}), ("distill", self.distill)):
                 if key in section:
                     raise ValueError(f"{name}.{key} is set by the end-to-end run; remove it from the {name} section")
-        for name, build in (("transplant", lambda: self.transplant_config("<out>/transplant")),
-                            ("distill", lambda: self.distill_config("<out>/transplant", "<out>/distill"))):
+        builds = [("transplant", lambda: self.transplant_config("<out>/transplant")),
+                  ("distill", lambda: self.distill_config("<out>/transplant", "<out>/distill"))]
+        if self.heal is not None:
+            builds.append(("heal", lambda: self.heal_config("<out>/transplant", "<out>/heal")))
+        for name, build in builds:
             try:
                 build()
             except ValidationError as exc:

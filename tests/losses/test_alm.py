@@ -13,7 +13,7 @@ def _reference(s_logits, s_ids, s_chunk, t_logits, t_ids, t_chunk, temperature):
     """Sum over whole chunks of KL(Bernoulli(p_t) || Bernoulli(p_s)), p = exp(chunk log-prob / temperature)."""
     total, count = 0.0, 0
     for b in range(s_ids.shape[0]):
-        def side(logits, ids, chunk):
+        def side(logits, ids, chunk, b=b):
             sums, whole = {}, {}
             for j, c in enumerate(chunk[b].tolist()):
                 if c < 0:

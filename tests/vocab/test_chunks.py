@@ -1,7 +1,6 @@
 """Chunks of one text under two tokenizations: every byte in one chunk on both sides, on the real tokenizers."""
 
 import pytest
-import torch
 
 from xtok.distill.data import pack_documents
 from xtok.vocab.canonical import canonical_vocab

@@ -74,6 +74,7 @@ class DomainStats:
 @dataclass
 class EvalResult:
     domains: dict[str, DomainStats] = field(default_factory=dict)
+    docs: list[DomainStats] = field(default_factory=list)  # one per document, in input order (for intervals)
     seconds: float = 0.0
     forward_tokens: int = 0
 
@@ -146,7 +147,8 @@ def evaluate(
     for doc, (text, ids) in enumerate(zip(texts, encoded)):
         seq = [start] + list(ids)
         stats = result.domains.setdefault(domains[doc], DomainStats())
-        stats.add(DomainStats(docs=1, bytes=len(text.encode("utf-8")), tokens=len(ids)))
+        result.docs.append(DomainStats(docs=1, bytes=len(text.encode("utf-8")), tokens=len(ids)))
+        stats.add(result.docs[-1])
         for s, e, first in plan_windows(len(seq), window, overlap):
             windows.append((doc, seq[s:e], first - s))
     windows.sort(key=lambda w: -len(w[1]))
@@ -169,4 +171,28 @@ def evaluate(
     result.seconds = time.perf_counter() - t0
     for doc, nll in enumerate(doc_nll):
         result.domains[domains[doc]].nll_nats += nll
+        result.docs[doc].nll_nats = nll
     return result
+
+
+def bootstrap_bpb(docs: list[DomainStats], reference: list[DomainStats] | None = None, *, samples: int = 2000,
+                  seed: int = 0, level: float = 0.95) -> dict:
+    """A percentile-bootstrap interval over documents of the bits per byte of ``docs`` (one domain's), and, with
+    ``reference`` (the same documents scored by another model), of the ratio bpb / reference bpb, resampling the
+    documents once for both (a paired bootstrap)."""
+    if not docs or (reference is not None and len(reference) != len(docs)):
+        raise ValueError(f"{len(docs)} documents against {None if reference is None else len(reference)} references; "
+                         "give the same documents, in the same order, scored by both models")
+    nll = torch.tensor([d.nll_nats for d in docs], dtype=torch.float64)
+    size = torch.tensor([d.bytes for d in docs], dtype=torch.float64)
+    idx = torch.randint(0, len(docs), (samples, len(docs)), generator=torch.Generator().manual_seed(seed))
+    bpb = nll[idx].sum(1) / size[idx].sum(1) / LN2
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    out = {"bits_per_byte": float(nll.sum() / size.sum() / LN2), "interval": [round(float(x), 4) for x in bpb.quantile(q)],
+           "docs": len(docs), "level": level}
+    if reference is not None:
+        ref = torch.tensor([d.nll_nats for d in reference], dtype=torch.float64)
+        ratio = nll[idx].sum(1) / ref[idx].sum(1)  # same bytes on both sides: the ratio of bits per byte
+        out["ratio"] = float(nll.sum() / ref.sum())
+        out["ratio_interval"] = [round(float(x), 4) for x in ratio.quantile(q)]
+    return out

@@ -40,7 +40,7 @@ def _plot_loss(stages: list[dict], path: Path) -> None:
     offset = 0
     with _figure(path, 3.2, "training loss", "optimizer step (stages in sequence)") as ax:
         for st in stages:
-            pts = [(e["step"] + offset, e["loss"]) for e in st["log_history"] if "loss" in e]
+            pts = [(e["step"] + offset, e["loss"]) for e in st.get("log_history", []) if "loss" in e]
             if pts:
                 ax.plot(*zip(*pts), marker=".", label=st["stage"])
             offset += st["steps"]
@@ -61,6 +61,18 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _stage_rows(stages: list[dict]) -> list[str]:
+    lines = ["| stage | trains | steps | trainable parameters | final loss | tokens/s | seconds |", "|---|---|---|---|---|---|---|"]
+    for st in stages:
+        if st.get("skipped"):
+            lines.append(f"| {st['stage']} | {st['train']} | 0 | - | skipped ({st['skipped']}) | - | - |")
+            continue
+        losses = [e["loss"] for e in st["log_history"] if "loss" in e]
+        lines.append(f"| {st['stage']} | {st['train']} | {st['steps']} | {st['trainable_parameters'] / 1e6:.1f}M | "
+                     f"{_fmt(losses[-1] if losses else None)} | {_fmt(st.get('tokens_per_second'))} | {_fmt(st['seconds'])} |")
+    return lines
+
+
 def write_report(run: Path, summary: dict) -> Path:
     """Write ``run/report.md`` and its PNGs from an end-to-end summary; return the report's path."""
     bpb = summary["bits_per_byte"]
@@ -71,13 +83,13 @@ def write_report(run: Path, summary: dict) -> Path:
     lines += ["| model | " + " | ".join(domains) + " |", "|---|" + "---|" * len(domains)]
     lines += [f"| {label} | " + " | ".join(_fmt(row.get(d)) for d in domains) + " |" for label, row in bpb.items()]
     _plot_bpb(bpb, run / "bits_per_byte.png")
-    lines += ["", "![bits per byte](bits_per_byte.png)", "", "## Distillation", ""]
+    lines += ["", "![bits per byte](bits_per_byte.png)"]
+    if summary.get("heal"):
+        lines += ["", f"## Heal (loss {summary['heal']['loss']}: the untouched student teaches the transplant)", ""]
+        lines += _stage_rows(summary["heal"]["stages"])
+    lines += ["", "## Distillation", ""]
     stages = summary["distill"]["stages"]
-    lines += ["| stage | trains | steps | trainable parameters | final loss | tokens/s | seconds |", "|---|---|---|---|---|---|---|"]
-    for st in stages:
-        losses = [e["loss"] for e in st["log_history"] if "loss" in e]
-        lines.append(f"| {st['stage']} | {st['train']} | {st['steps']} | {st['trainable_parameters'] / 1e6:.1f}M | "
-                     f"{_fmt(losses[-1] if losses else None)} | {_fmt(st.get('tokens_per_second'))} | {_fmt(st['seconds'])} |")
+    lines += _stage_rows(stages)
     _plot_loss(stages, run / "distill_loss.png")
     lines += ["", "![loss curves](distill_loss.png)", "", "## Drafting for the teacher (greedy)", ""]
     rows = summary["draft_check"]

@@ -52,3 +52,14 @@ def print_tables(results: list[dict], console: Console | None = None) -> None:
     console.print(eval_table(results))
     if any(r.get("numbers") for r in results):
         console.print(digits_table(results))
+    agreeing = [r for r in results if "agreement" in r]
+    if agreeing:
+        table = Table(title=f"greedy agreement with {agreeing[0]['agreement']['against']} (bytes of the continuation)")
+        for col in ("model", "mean agreed bytes", "agreed share", "new tokens generated", "new tokens, same text"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in agreeing:
+            a, share = r["agreement"], r["agreement"].get("new_token_share") or {}
+            table.add_row(r["model"], _fmt(a["mean_agreed_bytes"], 1), _fmt(a["agreed_share"]),
+                          _fmt(share.get("generated")), _fmt(share.get("tokenizer_on_same_text")))
+        console.print(table)
+

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from xtok.config import EvalConfig
 from xtok.corpus import load_corpus
+from xtok.eval.agreement import greedy_agreement, prompts_of
 from xtok.eval.bpb import evaluate
 from xtok.eval.numbers import digit_split_stats
 from xtok.models.load import load_model
@@ -34,10 +35,18 @@ def run_eval(cfg: EvalConfig, cache_dir: str | Path | None = None, out: str | Pa
     ds = load_corpus(cfg.data.spec, domains=cfg.data.domains, max_docs_per_domain=cfg.data.max_docs_per_domain,
                      max_chars_per_doc=cfg.data.max_chars_per_doc)
     results = []
+    against = None
+    if cfg.against is not None:
+        a = cfg.agreement
+        against = load_model(cfg.against, cache_dir, dtype=cfg.eval.dtype)
+        prompts = prompts_of(list(ds["text"]), list(ds["domain"]), a.prompts, a.prompt_chars)
     for spec in cfg.models:
         log.info("evaluating %s on %d documents", spec, len(ds))
         model, tokenizer = load_model(spec, cache_dir, dtype=cfg.eval.dtype)
         results.append(eval_model(model, tokenizer, spec, ds, cfg, progress))
+        if against is not None:
+            results[-1]["agreement"] = {"against": cfg.against, **greedy_agreement(
+                model, tokenizer, *against, prompts, cfg.agreement.max_new_tokens)}
         del model
         gc.collect()
     if out is not None:

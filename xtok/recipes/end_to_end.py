@@ -1,6 +1,7 @@
 """Recipe: the whole job on one pair, resumable stage by stage, ending in report.md.
 
-transplant (OMP) -> eval -> progressive distillation -> eval -> drafter checks -> report.md + end_to_end.json.
+transplant (OMP) -> eval -> heal (when configured) -> eval -> progressive distillation -> eval -> drafter checks
+-> report.md + end_to_end.json.
 A rerun skips every stage whose settings and inputs did not change (``xtok.utils.stages``); the
 distillation also resumes inside an interrupted stage from its last checkpoint.
 """
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from xtok.config import DraftCheckConfig, EndToEndConfig, EvalConfig
+from xtok.distill.heal import run_heal
 from xtok.distill.run import run_distill
 from xtok.eval.pipeline_report import write_report
 from xtok.eval.run import run_eval
@@ -60,9 +62,24 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
     bpb["transplanted (OMP)"] = pipe.stage("eval_transplanted", stage_key(k_t, k_eval),
                                            lambda: _bpb(cfg, str(transplanted), cache_dir))
 
+    start, k_start, heal_report = transplanted, k_t, None
+    if cfg.heal is not None:
+        healed = run_dir / "heal"
+        h_cfg = cfg.heal_config(str(transplanted), str(healed))
+        k_h = config_key(h_cfg, k_t, exclude=("out", "overwrite", "model"))
+
+        def heal() -> dict:
+            if healed.exists():  # an older, finished run of other settings
+                shutil.rmtree(healed)
+            return run_heal(h_cfg, cache_dir)[1]
+
+        heal_report = pipe.stage("heal", k_h, heal, outputs=(healed,))
+        bpb["healed"] = pipe.stage("eval_healed", stage_key(k_h, k_eval), lambda: _bpb(cfg, str(healed), cache_dir))
+        start, k_start = healed, k_h
+
     distilled = run_dir / "distill"
-    d_cfg = cfg.distill_config(str(transplanted), str(distilled))
-    k_d = config_key(d_cfg, k_t, exclude=("out", "overwrite", "student"))
+    d_cfg = cfg.distill_config(str(start), str(distilled))
+    k_d = config_key(d_cfg, k_start, exclude=("out", "overwrite", "student"))
 
     def distill() -> dict:
         if distilled.exists():  # an older, finished run of other settings; an interrupted one resumes by itself
@@ -73,6 +90,8 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
     bpb["distilled"] = pipe.stage("eval_distilled", stage_key(k_d, k_eval), lambda: _bpb(cfg, str(distilled), cache_dir))
 
     drafters = [("transplanted", str(transplanted), k_t, False), ("distilled", str(distilled), k_d, False)]
+    if cfg.heal is not None:
+        drafters.insert(1, ("healed", str(start), k_start, False))
     if cfg.draft_check.cross_tokenizer_baseline:
         drafters.insert(0, ("untouched (cross-tokenizer)", cfg.student, stage_key(cfg.student), True))
     rows, notes = [], []
@@ -92,6 +111,7 @@ def run(cfg: EndToEndConfig, cache_dir=None) -> dict:
                 rows.append({"drafter": label, "backend": backend, "k": k, **res})
 
     summary = {"student": cfg.student, "teacher": cfg.teacher, "bits_per_byte": bpb,
+               "heal": heal_report and {"stages": heal_report["stages"], "loss": heal_report["loss"]},
                "distill": {"stages": report["stages"], "loss": report["loss"], "sequences": report["sequences"],
                            "seq_len": report["seq_len"]},
                "draft_check": rows, "notes": notes, "seconds": pipe.seconds(), "ran_this_time": pipe.ran}

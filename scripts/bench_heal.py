@@ -1,0 +1,168 @@
+"""Benchmark the zero-shot head and `xtok heal`: bits per byte of untouched / transplanted / healed students.
+
+    .venv/bin/python scripts/bench_heal.py --student smollm2-135m --teacher qwen2.5-coder-0.5b \
+        --steps 40 --losses alm ce --eval-docs 8 --eval-chars 6000
+
+1. Transplant the student to the teacher's tokenizer with the end-to-end recipe's settings (OMP k=8 over 128
+   candidates for the inputs, subword-prior head).
+2. Validation (documents of ../shared/corpus/train that are not in the bundled training text, which the heal
+   trains on): the subword-prior head whose families sum to the first piece's probability against the old one
+   whose shared first piece kept its full logit ("additive"); the better one is kept.
+3. Heal the kept transplant from the untouched student with each loss, the same steps (tokens) for each, the curve
+   (bits per byte against tokens seen) on the validation text.
+4. Eval (bundled:eval, the README's split): every model, bits per byte per domain with a 95% bootstrap interval over
+   documents, and the ratio to the untouched student with a paired interval.
+Writes bench/results/heal.json (another pair: heal-STUDENT-TEACHER.json). One heavy job at a time: the figures are
+taken with nothing else running unless the JSON says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results  # noqa: E402
+
+from xtok.config import HealConfig, StageConfig  # noqa: E402
+from xtok.corpus import load_corpus  # noqa: E402
+from xtok.distill.heal import CURVE_FILE, run_heal  # noqa: E402
+from xtok.eval.bpb import bootstrap_bpb, evaluate  # noqa: E402
+from xtok.models.load import load_model  # noqa: E402
+from xtok.transplant.apply import save_transplant, transplant  # noqa: E402
+from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
+from xtok.vocab.shared import build_token_map  # noqa: E402
+
+SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "train"
+
+
+def validation_docs(per_domain: int, chars: int) -> tuple[list[str], list[str]]:
+    """Documents of the shared training corpus that the bundled training text (what heal trains on) does not hold."""
+    if not SHARED_TRAIN.is_dir():
+        raise SystemExit(f"the validation split is taken from {SHARED_TRAIN}, which this checkout does not have")
+    bundled = {t[:200] for t in load_corpus("bundled:train")["text"]}
+    ds = load_corpus(str(SHARED_TRAIN))
+    texts, domains, seen = [], [], {}
+    for text, domain in zip(ds["text"], ds["domain"]):
+        if text[:200] in bundled or seen.get(domain, 0) >= per_domain or len(text) < chars // 2:
+            continue
+        seen[domain] = seen.get(domain, 0) + 1
+        texts.append(text[:chars])
+        domains.append(domain)
+    return texts, domains
+
+
+def score(model, tok, texts, domains, reference=None) -> dict:
+    t0 = time.perf_counter()
+    res = evaluate(model, tok, texts, domains, window=1024, overlap=256, progress=False)
+    out = {"seconds": round(time.perf_counter() - t0, 1), "domains": {}}
+    for d in sorted(set(domains)):
+        idx = [i for i, x in enumerate(domains) if x == d]
+        ref = None if reference is None else [reference["_docs"][i] for i in idx]
+        out["domains"][d] = bootstrap_bpb([res.docs[i] for i in idx], ref)
+    out["_docs"] = res.docs
+    return out
+
+
+def public(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if not k.startswith("_")}
+
+
+def additive_head(model, student, s_tok, t_tok):
+    """The old subword-prior head: shared first pieces keep the student's row (their full logit)."""
+    old = copy.deepcopy(model)
+    tmap = build_token_map(t_tok, s_tok)
+    shared = tmap.shared_teacher_ids
+    with torch.no_grad():
+        old.get_output_embeddings().weight[shared] = student.get_output_embeddings().weight[tmap.student_of[shared]]
+    return old
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default=DEFAULT_PAIR[0])
+    ap.add_argument("--teacher", default=DEFAULT_PAIR[1])
+    ap.add_argument("--steps", type=int, default=40, help="heal optimizer steps (each 2 x 2 x 256 tokens)")
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--losses", nargs="+", default=["alm", "ce"])
+    ap.add_argument("--eval-docs", type=int, default=8)
+    ap.add_argument("--eval-chars", type=int, default=6000)
+    ap.add_argument("--val-docs", type=int, default=4)
+    ap.add_argument("--val-chars", type=int, default=3000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    args.out = args.out or pair_results("heal", (args.student, args.teacher))
+    result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
+              "student": args.student, "teacher": args.teacher, "load": "nothing else running"}
+    ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
+    ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
+    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
+    result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
+                      "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts)),
+                                     "domains": sorted(set(val_domains))}}
+    student, s_tok = load_model(args.student)
+    teacher, t_tok = load_model(args.teacher)
+    work = Path(tempfile.mkdtemp(prefix="bench-heal-"))
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        moved, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp",
+                                   head_method="subword-prior", k=8, candidates=128)
+        seconds = time.perf_counter() - t0
+    result["transplant"] = {"seconds": round(seconds, 1), "peak_rss_gb": round(mem.peak / 2**30, 2),
+                            "shared_rows_replaced": report["spaces"]["output"]["subword_prior"]["shared_rows_replaced"]}
+    del teacher
+
+    val = {"untouched": score(student, s_tok, val_texts, val_domains)}
+    old = additive_head(moved, student, s_tok, t_tok)
+    val["transplanted (families sum to the piece)"] = score(moved, t_tok, val_texts, val_domains, val["untouched"])
+    val["transplanted (additive, before)"] = score(old, t_tok, val_texts, val_domains, val["untouched"])
+    del old
+    result["validation"] = {k: public(v) for k, v in val.items()}
+    print(json.dumps(result["validation"], indent=1))
+    write_json(args.out, result)
+
+    path = work / "transplanted"
+    save_transplant(moved, t_tok, path, report)
+    evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
+    evals["transplanted"] = score(moved, t_tok, ev_texts, ev_domains, evals["untouched"])
+    result["eval"] = {k: public(v) for k, v in evals.items()}
+    write_json(args.out, result)
+    del moved
+
+    result["heal"] = {}
+    curve_file = work / "curve.jsonl"
+    curve_file.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in zip(val_texts, val_domains)))
+    for loss in args.losses:
+        cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{loss}"), loss=loss,
+                         stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
+                                             scheduler="constant_with_warmup", warmup_ratio=0.05)],
+                         curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // 4), save_steps=10**6)
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            out, rep = run_heal(cfg)
+            seconds = time.perf_counter() - t0
+        stage = rep["stages"][0]
+        healed, h_tok = load_model(str(out))
+        name = f"healed ({loss}, {args.steps} steps)"
+        evals[name] = score(healed, h_tok, ev_texts, ev_domains, evals["untouched"])
+        del healed
+        result["eval"][name] = public(evals[name])
+        result["heal"][loss] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
+                                "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+                                "tokens_per_second": stage["tokens_per_second"], "peak_rss_gb": round(mem.peak / 2**30, 2),
+                                "trainable_parameters": stage["trainable_parameters"], "train_loss": stage["train_loss"],
+                                "curve": json.loads((out / CURVE_FILE).read_text()), "config": cfg.model_dump(mode="json")}
+        write_json(args.out, result)
+        print(json.dumps(result["heal"][loss]["curve"], indent=1))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
