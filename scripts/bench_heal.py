@@ -96,6 +96,10 @@ def main() -> None:
     ap.add_argument("--eval-chars", type=int, default=6000)
     ap.add_argument("--val-docs", type=int, default=4)
     ap.add_argument("--val-chars", type=int, default=3000)
+    ap.add_argument("--row-spaces", nargs="+", default=["input"], help="new_rows stage: input, output or both")
+    ap.add_argument("--reuse", default=None, help="a heal JSON of an earlier run: keep its transplant, validation and "
+                    "zero-shot sections (with --transplanted, its saved transplant) and redo the heal part")
+    ap.add_argument("--transplanted", default=None, help="the transplant folder the --reuse run saved")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.out = args.out or pair_results("heal", (args.student, args.teacher))
@@ -108,8 +112,22 @@ def main() -> None:
                       "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts)),
                                      "domains": sorted(set(val_domains))}}
     student, s_tok = load_model(args.student)
-    teacher, t_tok = load_model(args.teacher)
     work = Path(tempfile.mkdtemp(prefix="bench-heal-"))
+    if args.reuse:
+        kept = json.loads(Path(args.reuse).read_text())
+        result.update({k: kept[k] for k in ("transplant", "validation", "eval") if k in kept})
+        result["earlier_heal_runs"] = kept.get("earlier_heal_runs", [])
+        path = Path(args.transplanted)
+        evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
+    else:
+        path, evals = transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts,
+                                               ev_domains)
+    heal_section(args, result, evals, student, s_tok, path, work, val_texts, val_domains, ev_texts, ev_domains)
+    print(f"written {args.out}")
+
+
+def transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts, ev_domains):
+    teacher, t_tok = load_model(args.teacher)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         moved, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp",
@@ -134,26 +152,26 @@ def main() -> None:
     evals["transplanted"] = score(moved, t_tok, ev_texts, ev_domains, evals["untouched"])
     result["eval"] = {k: public(v) for k, v in evals.items()}
     write_json(args.out, result)
-    del moved
+    return path, evals
 
+
+def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val_domains, ev_texts, ev_domains):
+    """Each loss heals the transplant for the same steps, its curve on the validation text; the loss whose last
+    point is lowest overall is chosen there, and only it is scored on the eval split."""
     result["heal"] = {}
     curve_file = work / "curve.jsonl"
     curve_file.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in zip(val_texts, val_domains)))
     for loss in args.losses:
         cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{loss}"), loss=loss,
                          stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
-                                             scheduler="constant_with_warmup", warmup_ratio=0.05)],
+                                             scheduler="constant_with_warmup", warmup_ratio=0.05,
+                                             row_spaces=args.row_spaces)],
                          curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // 4), save_steps=10**6)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             out, rep = run_heal(cfg)
             seconds = time.perf_counter() - t0
         stage = rep["stages"][0]
-        healed, h_tok = load_model(str(out))
-        name = f"healed ({loss}, {args.steps} steps)"
-        evals[name] = score(healed, h_tok, ev_texts, ev_domains, evals["untouched"])
-        del healed
-        result["eval"][name] = public(evals[name])
         result["heal"][loss] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
                                 "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
                                 "tokens_per_second": stage["tokens_per_second"], "peak_rss_gb": round(mem.peak / 2**30, 2),
@@ -161,7 +179,12 @@ def main() -> None:
                                 "curve": json.loads((out / CURVE_FILE).read_text()), "config": cfg.model_dump(mode="json")}
         write_json(args.out, result)
         print(json.dumps(result["heal"][loss]["curve"], indent=1))
-    print(f"written {args.out}")
+    best = min(args.losses, key=lambda name: result["heal"][name]["curve"][-1]["overall"])
+    result["heal_chosen_on_validation"] = best
+    healed, h_tok = load_model(str(work / f"healed-{best}"))
+    name = f"healed ({best}, {args.steps} steps, {'+'.join(args.row_spaces)} rows)"
+    result["eval"][name] = public(score(healed, h_tok, ev_texts, ev_domains, evals["untouched"]))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -151,6 +151,10 @@ class StageConfig(Strict):
     scheduler: str = Field("cosine", description="a transformers lr_scheduler_type")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    row_spaces: list[Literal["input", "output"]] = Field(
+        ["input"], min_length=1, description="new_rows only: whose rows train. The head's rows take a softmax gradient "
+        "at every position, so under Adam each new token's head row moves by about the learning rate per step even "
+        "where the data never shows the token: measured, healing the head too made every domain worse")
     lora_rank: int = Field(16, ge=1, description="lora only")
     lora_alpha: int = Field(32, ge=1, description="lora only")
     lora_targets: str | list[str] = Field("all-linear", description="lora only: peft target_modules")
@@ -237,7 +241,7 @@ class HealConfig(Strict):
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(2, ge=1)
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(
-        train="new_rows", steps=200, learning_rate=2e-3, scheduler="constant_with_warmup", warmup_ratio=0.05)],
+        train="new_rows", steps=200, learning_rate=1e-3, scheduler="constant_with_warmup", warmup_ratio=0.05)],
         min_length=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the training")
     curve_data: DataConfig | None = Field(None, description="held-out text scored (bits per byte per domain) at the "

@@ -104,7 +104,9 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         if stage.weight_decay:
             raise ValueError(f"weight_decay={stage.weight_decay} would move the frozen rows of a new_rows stage; set 0")
         names = select_trainable(model, "embeddings")
-        restrict_rows(model, rows)
+        # a tied matrix is both spaces: it trains the rows of the spaces asked for
+        keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
+        restrict_rows(model, keep)
         return model, names
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
