@@ -41,7 +41,7 @@ def test_end_to_end_runs_resumes_and_reports(pair, tmp_path):
     assert {"transplant", "heal", "eval_healed", "distill", "eval_distilled", "draft_hf_k2_untouched",
             "draft_hf_k2_healed", "draft_hf_k2_distilled"} <= set(first["ran"])
     report = (run / "report.md").read_text()
-    for needle in ("Bits per byte", "distilled", "## Heal (loss alm", "stage-1-new_rows", "stage-1-embeddings",
+    for needle in ("Bits per byte", "distilled", "## Heal (loss ce", "stage-1-new_rows", "stage-1-embeddings",
                    "acceptance", "bits_per_byte.png"):
         assert needle in report
     for png in ("bits_per_byte.png", "distill_loss.png", "acceptance.png"):

@@ -85,7 +85,7 @@ def write_report(run: Path, summary: dict) -> Path:
     _plot_bpb(bpb, run / "bits_per_byte.png")
     lines += ["", "![bits per byte](bits_per_byte.png)"]
     if summary.get("heal"):
-        lines += ["", f"## Heal (loss {summary['heal']['loss']}: the untouched student teaches the transplant)", ""]
+        lines += ["", f"## Heal (loss {summary['heal']['loss']}: the rows the transplant made, toward the original)", ""]
         lines += _stage_rows(summary["heal"]["stages"])
     lines += ["", "## Distillation", ""]
     stages = summary["distill"]["stages"]
