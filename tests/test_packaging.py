@@ -61,7 +61,7 @@ def test_xtok_ls_and_validate_from_the_installed_wheel(wheel, tmp_path):
     out = " ".join(res.stdout.split())
     listed = next(line for line in res.stdout.splitlines() if line.startswith("recipes")).split(":", 1)[1]
     assert set(listed.replace(",", " ").split()) == {"align", "distill", "draft_check", "end_to_end", "ensemble", "eval",
-                                                     "transplant"}
+                                                     "heal", "transplant"}
     for config in ("eval/catalogue.yaml", "end_to_end/qwen2.5-coder-0.5b_to_smollm2-135m.yaml", "accelerate/gpu_ddp.yaml"):
         assert f"config {config}" in out, config
     res = run("validate", "eval/catalogue", "end_to_end/qwen2.5-coder-0.5b_to_smollm2-135m")

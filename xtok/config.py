@@ -197,7 +197,8 @@ class DistillConfig(Strict):
     on_policy: OnPolicyConfig = OnPolicyConfig()
     stages: list[StageConfig] = Field(min_length=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the run's training: a stage "
-                                      "stops at it (its model is kept) and later stages are skipped")
+                                      "stops at it (its model is kept) and later stages are skipped; per "
+                                      "invocation (a resumed run gets it again)")
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")

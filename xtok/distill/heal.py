@@ -70,6 +70,10 @@ class CurveCallback(TrainerCallback):
         write_json(self.path, sorted(self.points, key=lambda p: p["step"]))
         log.info("heal curve: step %d, %s bits per byte", step, point["bits_per_byte"])
 
+    def stage_skipped(self, steps: int) -> None:
+        """A stage finished in an earlier run: later stages' points come after its steps."""
+        self.stage_offset += steps
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and not any(p["step"] == self.stage_offset + state.global_step for p in self.points):
             self._score(model, self.stage_offset + state.global_step)

@@ -39,13 +39,19 @@ RUN_FILE = "distill_run.json"
 
 
 class TimeBudget(TrainerCallback):
-    """Stop training at a wall-clock deadline (``time.monotonic()`` seconds); the stage then ends as if finished."""
+    """Stop training at a wall-clock deadline (``time.monotonic()`` seconds, rank 0's clock); the stage then ends as if
+    finished. The budget is per invocation: a resumed run gets it again."""
 
     def __init__(self, deadline: float):
         self.deadline, self.hit = deadline, False
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() >= self.deadline:
+        late = time.monotonic() >= self.deadline
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank stops on one step
+            flag = torch.tensor([int(late)], device=args.device)
+            torch.distributed.broadcast(flag, 0)
+            late = bool(flag.item())
+        if late:
             self.hit = control.should_training_stop = True
         return control
 
@@ -216,6 +222,10 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         if meta.get("chunks"):  # alm: the teacher reads the same text in its own tokens, chunk by chunk, online
             chunks = paired_tokenization(tokenizer, teacher_tok, blocks)
             log.info("chunks: %d of %d tokens outside every chunk", chunks.uncovered, blocks.numel())
+            if chunks.uncovered > 0.2 * blocks.numel():
+                log.warning("%d of %d tokens are in no chunk: %s does not spell the text back the way the student's "
+                            "tokenizer does (a normalizer, a prefix space); loss %s learns little here, consider ce",
+                            chunks.uncovered, blocks.numel(), cfg.teacher, cfg.loss)
         elif not meta.get("same_vocab", True):  # uld: the teacher reads the same text in its own tokens, online
             teacher_tokens = teacher_tokenization(tokenizer, teacher_tok, blocks)
         else:
@@ -236,6 +246,9 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         if (folder / "summary.json").is_file() and (folder / "model" / "config.json").is_file():
             log.info("%s: done in an earlier run, skipped", stage_name(i, stage))
             summaries.append(json.loads((folder / "summary.json").read_text()))
+            for cb in callbacks:  # e.g. the heal curve, which counts steps across stages
+                if hasattr(cb, "stage_skipped"):
+                    cb.stage_skipped(summaries[-1]["steps"])
         elif budget is not None and budget.hit:
             log.info("%s: skipped, the run's %s-minute budget is spent", stage_name(i, stage), cfg.max_minutes)
             summaries.append({"stage": stage_name(i, stage), "train": stage.train, "steps": 0, "skipped": "budget"})

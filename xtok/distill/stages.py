@@ -86,12 +86,13 @@ def restrict_rows(model, rows: dict[str, torch.Tensor]) -> None:
             continue
         p = module.weight
         if rows[space].shape[0] != p.shape[0]:
-            raise ValueError(f"a {space} row mask of {rows[space].shape[0]} rows for a matrix of {p.shape[0]}")
+            raise ValueError(f"a {space} row mask of {rows[space].shape[0]} rows for a matrix of {p.shape[0]}; give the "
+                             "model the masks were computed for (changed_rows of this student and its original)")
         prev = masks.get(id(p), (p, torch.zeros_like(rows[space])))[1]
         masks[id(p)] = (p, prev | rows[space])
     for p, mask in masks.values():
-        keep = mask.to(p.device, p.dtype)[:, None]
-        p.register_hook(lambda g, keep=keep: g * keep)
+        keep = mask[:, None]
+        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
 
 
 def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str]]:

@@ -56,8 +56,9 @@ class DistillTrainer(Trainer):
         self.on_policy, self.prompt_tokens, self.sample_temperature = on_policy, prompt_tokens, sample_temperature
         self.loss_fn = LOSSES.get(loss)
         self.needs_teacher = LOSSES.meta(loss).get("needs_teacher", True)
-        if teacher is not None and LOSSES.meta(loss).get("same_vocab", True):
-            check_same_vocab(self.model, teacher)
+        if teacher is not None:
+            if LOSSES.meta(loss).get("same_vocab", True):
+                check_same_vocab(self.model, teacher)
             teacher = teacher.eval().requires_grad_(False).to(self.args.device)
         if not 0.0 <= ce_weight <= 1.0:
             raise ValueError(f"ce_weight={ce_weight} must lie in [0, 1]")

@@ -80,7 +80,7 @@ def alm_loss(student_logits: torch.Tensor, targets: torch.Tensor, teacher: Teach
     if teacher.student_chunk.shape != (b, t1 + 1) or teacher.logprobs.shape != teacher.chunk.shape:
         raise ValueError(f"student chunk ids {tuple(teacher.student_chunk.shape)} must be (B, T) = {(b, t1 + 1)} and the "
                          f"teacher's log-probs {tuple(teacher.logprobs.shape)} match its chunk ids {tuple(teacher.chunk.shape)}")
-    n = int(max(teacher.student_chunk.max(), teacher.chunk.max())) + 1
+    n = max(int(max(teacher.student_chunk.max(), teacher.chunk.max())) + 1, 1)  # no chunk at all: a zero loss
     s_tok = token_logprobs(student_logits, targets, chunk)  # (B, T-1)
     s_tok = torch.cat([s_tok.new_zeros((b, 1)), s_tok], 1)  # position 0: not predicted
     s_sum, s_ok = chunk_sums(s_tok, teacher.student_chunk, n)

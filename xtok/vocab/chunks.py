@@ -126,8 +126,16 @@ def _pair_block(row: list[int], a_cv, b_tok, b_cv, b_start: int, b_end: int):
         inside = [k for k, p in enumerate(pieces) if starts[k] >= lo and starts[k] + len(p) <= hi]
         if not inside:
             continue
-        lo, hi = starts[inside[0]], starts[inside[-1]] + len(pieces[inside[-1]])
-        ids = b_tok(text[lo:hi].decode("utf-8"), add_special_tokens=False)["input_ids"]
+        while inside:  # a token may cross a character boundary: drop edge tokens until the span decodes
+            lo, hi = starts[inside[0]], starts[inside[-1]] + len(pieces[inside[-1]])
+            try:
+                decoded = text[lo:hi].decode("utf-8")
+                break
+            except UnicodeDecodeError as exc:
+                inside = inside[1:] if exc.start == 0 else inside[:-1]
+        if not inside:
+            continue
+        ids = b_tok(decoded, add_special_tokens=False)["input_ids"]
         b_bytes = [b_cv.bytes_of[t] if t < b_cv.size else None for t in ids]
         b_ids.extend(ids)
         if any(b is None for b in b_bytes) or b"".join(b_bytes) != text[lo:hi]:
