@@ -1,6 +1,7 @@
 """Greedy byte agreement: a model agrees with itself fully, and the count is of bytes, across tokenizers."""
 
-from xtok.eval.agreement import common_prefix, greedy_agreement, greedy_continuations, prompts_of
+from xtok.corpus import prompts_in_turn as prompts_of
+from xtok.eval.agreement import common_prefix, greedy_agreement, greedy_continuations
 from xtok.transplant.apply import transplant
 
 

@@ -122,3 +122,20 @@ def load_corpus(
     if len(ds) == 0:
         raise ValueError(f"data {spec!r} holds no non-empty documents")
     return ds
+
+
+def domain_rounds(texts: list[str], domains: list[str], *, sort_domains: bool = False) -> list[list[str]]:
+    """The documents in rounds: round i holds the i-th document of every domain that has one, the domains in the
+    order first seen (or sorted), so a prefix of the rounds samples every domain alike."""
+    by_domain: dict[str, list[str]] = {}
+    for text, domain in zip(texts, domains):
+        by_domain.setdefault(domain, []).append(text)
+    order = sorted(by_domain) if sort_domains else list(by_domain)
+    depth = max((len(v) for v in by_domain.values()), default=0)
+    return [[by_domain[d][i] for d in order if i < len(by_domain[d])] for i in range(depth)]
+
+
+def prompts_in_turn(texts: list[str], domains: list[str], n: int, chars: int) -> list[str]:
+    """The first ``chars`` characters of up to ``n`` documents, taken from each domain in turn (domains sorted)."""
+    return [t[:chars] for rnd in domain_rounds(texts, domains, sort_domains=True) for t in rnd][:n]
+

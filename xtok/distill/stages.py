@@ -4,9 +4,10 @@ Stage 1 trains only the input embeddings and the output head, found through
 ``get_input_embeddings()`` / ``get_output_embeddings()`` (never by parameter names: a substring
 match is how TokAlign's stage 1 froze the Llama head by accident); tied weights count once.
 Stage 2 trains everything, or LoRA adapters (peft) that are merged back when the stage ends.
-A ``new_rows`` stage (healing a transplant) trains only the embedding and head rows the transplant made:
-the rows of tokens the original model lacks, and the shared rows it changed; the other rows' gradients are
-zeroed, so Adam leaves them exactly as they are (its weight decay must be 0).
+A ``new_rows`` stage (healing a transplant) trains only the rows the transplant made, of the input
+embeddings (default) and/or the head (``row_spaces``): the rows of tokens the original model lacks, and the
+shared rows it changed; the other rows' gradients are zeroed, so Adam leaves them exactly as they are (its
+weight decay must be 0).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import torch
 
 STAGES = ("embeddings", "new_rows", "full", "lora")
+SPACES = (("input", "get_input_embeddings"), ("output", "get_output_embeddings"))  # a space, its accessor
 
 
 def embedding_parameters(model) -> list[torch.nn.Parameter]:
@@ -61,7 +63,7 @@ def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Te
 
     tmap = build_token_map(model_tok, original_tok)
     out = {}
-    for space, get in (("input", "get_input_embeddings"), ("output", "get_output_embeddings")):
+    for space, get in SPACES:
         mine, theirs = getattr(model, get)(), getattr(original, get)()
         if mine is None or theirs is None:
             continue
@@ -80,7 +82,7 @@ def restrict_rows(model, rows: dict[str, torch.Tensor]) -> None:
     """Zero the gradient of every embedding and head row not in ``rows`` (masks from ``changed_rows``); a tied
     matrix trains the union of its two masks."""
     masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
-    for space, get in (("input", "get_input_embeddings"), ("output", "get_output_embeddings")):
+    for space, get in SPACES:
         module = getattr(model, get)()
         if module is None or space not in rows:
             continue

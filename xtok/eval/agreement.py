@@ -17,20 +17,6 @@ import torch
 from xtok.vocab.shared import build_token_map
 
 
-def prompts_of(texts: list[str], domains: list[str], n: int, chars: int) -> list[str]:
-    """The first ``chars`` characters of up to ``n`` documents, taken from each domain in turn."""
-    by_domain: dict[str, list[str]] = {}
-    for t, d in zip(texts, domains):
-        by_domain.setdefault(d, []).append(t)
-    out, i = [], 0
-    while len(out) < n and any(i < len(v) for v in by_domain.values()):
-        for docs in by_domain.values():
-            if i < len(docs) and len(out) < n:
-                out.append(docs[i][:chars])
-        i += 1
-    return out
-
-
 @torch.no_grad()
 def greedy_continuations(model, tok, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
     """Each prompt's greedy continuation (new token ids, EOS excluded)."""

@@ -7,8 +7,8 @@ import logging
 from pathlib import Path
 
 from xtok.config import EvalConfig
-from xtok.corpus import load_corpus
-from xtok.eval.agreement import greedy_agreement, prompts_of
+from xtok.corpus import load_corpus, prompts_in_turn
+from xtok.eval.agreement import greedy_agreement
 from xtok.eval.bpb import evaluate
 from xtok.eval.numbers import digit_split_stats
 from xtok.models.load import load_model
@@ -39,7 +39,7 @@ def run_eval(cfg: EvalConfig, cache_dir: str | Path | None = None, out: str | Pa
     if cfg.against is not None:
         a = cfg.agreement
         against = load_model(cfg.against, cache_dir, dtype=cfg.eval.dtype)
-        prompts = prompts_of(list(ds["text"]), list(ds["domain"]), a.prompts, a.prompt_chars)
+        prompts = prompts_in_turn(list(ds["text"]), list(ds["domain"]), a.prompts, a.prompt_chars)
     for spec in cfg.models:
         log.info("evaluating %s on %d documents", spec, len(ds))
         model, tokenizer = load_model(spec, cache_dir, dtype=cfg.eval.dtype)

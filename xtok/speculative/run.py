@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from xtok.config import DraftCheckConfig
-from xtok.corpus import load_corpus
+from xtok.corpus import load_corpus, prompts_in_turn
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import DRAFT_BACKENDS
 from xtok.utils.io import provenance, write_json
@@ -17,17 +17,7 @@ log = logging.getLogger(__name__)
 def corpus_prompts(spec: str, n: int, chars: int) -> list[str]:
     """The first ``chars`` characters of ``n`` documents, taken round-robin across domains."""
     ds = load_corpus(spec)
-    by_domain: dict[str, list[str]] = {}
-    for text, dom in zip(ds["text"], ds["domain"]):
-        by_domain.setdefault(dom, []).append(text)
-    out: list[str] = []
-    i = 0
-    while len(out) < n and any(i < len(v) for v in by_domain.values()):
-        for dom in sorted(by_domain):
-            if i < len(by_domain[dom]) and len(out) < n:
-                out.append(by_domain[dom][i][:chars])
-        i += 1
-    return out
+    return prompts_in_turn(list(ds["text"]), list(ds["domain"]), n, chars)
 
 
 def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, out: str | Path | None = None,

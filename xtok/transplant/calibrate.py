@@ -32,19 +32,15 @@ class Calibration:
 
 def calibration_texts(spec: str, tokens: int) -> list[str]:
     """Documents of ``spec`` taken in turn from each domain, about ``tokens`` × 8 characters in all."""
-    from xtok.corpus import load_corpus
+    from xtok.corpus import domain_rounds, load_corpus
 
     ds = load_corpus(spec)
-    by_domain: dict[str, list[str]] = {}
-    for text, domain in zip(ds["text"], ds["domain"]):
-        by_domain.setdefault(domain, []).append(text)
-    out, chars, i = [], 0, 0
-    while chars < tokens * 8 and any(i < len(v) for v in by_domain.values()):
-        for docs in by_domain.values():
-            if i < len(docs):
-                out.append(docs[i])
-                chars += len(docs[i])
-        i += 1
+    out, chars = [], 0
+    for rnd in domain_rounds(list(ds["text"]), list(ds["domain"])):
+        if chars >= tokens * 8:
+            break
+        out.extend(rnd)
+        chars += sum(map(len, rnd))
     return out
 
 
