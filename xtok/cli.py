@@ -171,6 +171,8 @@ def transplant_cmd(
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
     alignment: Annotated[Optional[str], typer.Option(help="xtok align output, for --method tokalign / tokalign+omp")] = None,
+    head_fit_tokens: Annotated[Optional[int], typer.Option(help="fit the head on the transplant's own hidden states "
+                                                           "over N calibration positions [default: 0, off]")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
     config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
 ) -> None:
@@ -179,7 +181,8 @@ def transplant_cmd(
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
-             "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "overwrite": overwrite}
+             "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
+             "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)

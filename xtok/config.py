@@ -111,6 +111,9 @@ class TransplantConfig(Strict):
     calibration_data: str = Field("bundled:train", description="text run through both models by methods that "
                                   "calibrate (subword-prior)")
     calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
+    head_fit_tokens: int = Field(0, ge=0, description="positions of calibration_data the head is fitted on (0: off)")
+    head_fit_l2: float = Field(0.1, gt=0, description="head fit: pull of each fitted row to its transplanted row")
+    head_fit_iterations: int = Field(30, ge=1, description="head fit: L-BFGS iterations")
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -118,7 +121,6 @@ class TransplantConfig(Strict):
         check_methods(self.method, self.head_method, teacher_model=not self.teacher_tokenizer_only,
                       alignment=self.alignment is not None)  # the alignment's fallback is checked once it is loaded
         return self
-
 
 
 class DraftCheckConfig(Strict):
@@ -362,8 +364,7 @@ class AlignConfig(Strict):
     target: str = Field(description="the tokenizer (or model) to align to: the teacher")
     data: DataConfig = DataConfig(spec="bundled:train")
     out: str | None = None
-    # Defaults: GloVe's window/min count/dims as TokAlign runs them; embedding, svd_power and pivots measured in
-    # bench/results/align.json (holdout recovery of hidden shared tokens).
+    # GloVe's window/min count/dims as TokAlign runs them; the rest measured in bench/results/align.json (holdout).
     embedding: Embedder = Field("ppmi-svd", description="co-occurrence embedding (xtok ls): ppmi-svd or glove")
     dims: int = Field(300, ge=2, description="vector dimensions")
     window: int = Field(15, ge=1, description="co-occurrence window (tokens each side, weight 1/distance)")

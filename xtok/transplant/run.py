@@ -12,7 +12,7 @@ from xtok.corpus import load_corpus
 from xtok.models.catalogue import CATALOGUE
 from xtok.models.load import is_prepared, load_model, load_tokenizer, resolve_tokenizer
 from xtok.registry import check_methods
-from xtok.transplant.apply import save_transplant, transplant
+from xtok.transplant.apply import is_tied, save_transplant, transplant
 from xtok.utils.io import check_output_path
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,12 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     alignment = load_alignment(cfg.alignment) if cfg.alignment else None
     needs = check_methods(cfg.method, cfg.head_method, teacher_model=not cfg.teacher_tokenizer_only,
                           alignment=alignment is not None, fallback=None if alignment is None else alignment.fallback)
-    if needs.calibration:
+    if needs.calibration or cfg.head_fit_tokens:
         load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
     student, student_tok = load_model(cfg.student, cache_dir)
+    if cfg.head_fit_tokens and is_tied(student) and (cfg.head_method or cfg.method) == cfg.method:
+        raise ValueError(f"head_fit_tokens={cfg.head_fit_tokens} needs an untied head, but {cfg.student} ties its head to "
+                         f"its input embeddings and both use {cfg.method}; give a head method of its own (subword-prior)")
     teacher_model = None
     if needs.teacher_model:
         teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
@@ -63,5 +66,13 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     report.update(student=cfg.student, teacher=cfg.teacher)
     del student, teacher_model
     gc.collect()
+    if cfg.head_fit_tokens:
+        from xtok.transplant.calibrate import calibration_texts
+        from xtok.transplant.head_fit import fit_head
+
+        texts = calibration_texts(cfg.calibration_data, cfg.head_fit_tokens)
+        report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
+                                      iterations=cfg.head_fit_iterations)
+        report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
     save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite)
     return out, report
