@@ -43,6 +43,13 @@ def check_pair(model_spec: str, original_spec: str, model_name: str, original_na
                              f"the original's {getattr(b, key, None)}; give the model it was transplanted from as --original")
 
 
+def processes() -> int:
+    """Training processes of this launch (torchrun / accelerate launch: each reads its own batches)."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
 class CurveCallback(TrainerCallback):
     """Bits per byte per domain of the model on held-out text at step 0 and every ``every`` steps, appended to
     ``path`` (a JSON list) as the run goes, so an interrupted run keeps its points."""
@@ -104,5 +111,5 @@ def run_heal(cfg: HealConfig, cache_dir: str | Path | None = None, progress: boo
         if cfg.overwrite and curve_path.exists():
             curve_path.unlink()
         callbacks.append(CurveCallback(list(ds["text"]), list(ds["domain"]), load_tokenizer(model_spec), curve_path,
-                                       cfg.curve_steps, cfg.batch_size * cfg.grad_accum * cfg.seq_len))
+                                       cfg.curve_steps, cfg.batch_size * cfg.grad_accum * cfg.seq_len * processes()))
     return run_distill(dcfg, cache_dir, callbacks=tuple(callbacks), progress=progress)

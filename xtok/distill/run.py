@@ -119,8 +119,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
-    model, trainable = prepare_stage(model, stage, rows)
-    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model, trainable, n_train = prepare_stage(model, stage, rows)
     log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
              stage.steps)
     args = _training_args(cfg, stage, folder, progress)

@@ -78,9 +78,18 @@ def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Te
     return out
 
 
-def restrict_rows(model, rows: dict[str, torch.Tensor]) -> None:
+def restrict_rows(model, rows: dict[str, torch.Tensor]) -> int:
     """Zero the gradient of every embedding and head row not in ``rows`` (masks from ``changed_rows``); a tied
-    matrix trains the union of its two masks."""
+    matrix trains the union of its two masks. Returns the number of parameters left to train."""
+    masks = _row_masks(model, rows)
+    for p, mask in masks.values():
+        keep = mask[:, None]
+        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
+    return sum(int(mask.sum()) * p.shape[1] for p, mask in masks.values())
+
+
+def _row_masks(model, rows: dict[str, torch.Tensor]) -> dict[int, tuple[torch.nn.Parameter, torch.Tensor]]:
+    """One row mask per distinct embedding matrix (a tied one gets the union of its spaces' masks)."""
     masks: dict[int, tuple[torch.nn.Parameter, torch.Tensor]] = {}
     for space, get in SPACES:
         module = getattr(model, get)()
@@ -92,14 +101,12 @@ def restrict_rows(model, rows: dict[str, torch.Tensor]) -> None:
                              "model the masks were computed for (changed_rows of this student and its original)")
         prev = masks.get(id(p), (p, torch.zeros_like(rows[space])))[1]
         masks[id(p)] = (p, prev | rows[space])
-    for p, mask in masks.values():
-        keep = mask[:, None]
-        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
+    return masks
 
 
-def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str]]:
-    """The model to train in ``stage`` (a StageConfig) and the names of its trainable parameters; a ``new_rows``
-    stage needs the ``rows`` masks (``changed_rows``)."""
+def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str], int]:
+    """The model to train in ``stage`` (a StageConfig), the names of its trainable parameters and how many parameters
+    train (a ``new_rows`` stage: only its rows' entries; it needs the ``rows`` masks from ``changed_rows``)."""
     if stage.train == "new_rows":
         if rows is None:
             raise ValueError("a new_rows stage trains the rows a transplant made: set original (the model it was "
@@ -109,9 +116,13 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         names = select_trainable(model, "embeddings")
         # a tied matrix is both spaces: it trains the rows of the spaces asked for
         keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
-        restrict_rows(model, keep)
-        return model, names
+        return model, names, restrict_rows(model, keep)
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
-        return model, [n for n, p in model.named_parameters() if p.requires_grad]
-    return model, select_trainable(model, stage.train)
+    else:
+        select_trainable(model, stage.train)
+    return model, [n for n, p in model.named_parameters() if p.requires_grad], _trainable_count(model)
+
+
+def _trainable_count(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())

@@ -119,7 +119,7 @@ def fit_rows(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
         with torch.enable_grad():
             reg = l2 * (delta ** 2).sum()
             reg.backward()
-        return torch.tensor(ce + float(reg))
+        return torch.tensor(ce + float(reg.detach()))
 
     opt.step(closure)
     fitted = (base + delta.detach())
