@@ -119,10 +119,7 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         return model, names, restrict_rows(model, keep)
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
     else:
-        select_trainable(model, stage.train)
-    return model, [n for n, p in model.named_parameters() if p.requires_grad], _trainable_count(model)
-
-
-def _trainable_count(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+        names = select_trainable(model, stage.train)
+    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad)  # parameters(): tied once

@@ -122,9 +122,7 @@ def fit_rows(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
         return torch.tensor(ce + float(reg.detach()))
 
     opt.step(closure)
-    fitted = (base + delta.detach())
-    delta.requires_grad_(False)
-    return fitted, rows, before, objective(False)
+    return base + delta.detach(), rows, before, objective(False)
 
 
 def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iterations: int = 30,
