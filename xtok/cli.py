@@ -311,6 +311,8 @@ def draft_check_cmd(
     backend: Annotated[str, typer.Option(help="hf or vllm (xtok ls lists backends)")] = "hf",
     cross_tokenizer: Annotated[bool, typer.Option(help="baseline: the drafter keeps its own tokenizer (hf: UAG, "
                                                        "vllm: heterogeneous vocab)")] = False,
+    draft_vocab: Annotated[int, typer.Option(help="hf: the drafter scores only the N most frequent target tokens "
+                                                  "(FR-Spec); 0 = its full head")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/draft-check/<drafter>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:
@@ -322,7 +324,7 @@ def draft_check_cmd(
     try:
         cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts, "k": k,
                                 "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
-                                "backend": backend, "cross_tokenizer": cross_tokenizer}, "command line")
+                                "backend": backend, "cross_tokenizer": cross_tokenizer, "draft_vocab": draft_vocab}, "command line")
         out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
     except USER_ERRORS as exc:
@@ -339,6 +341,14 @@ def draft_check_cmd(
         table.add_row(key, f"{v:.3f}" if isinstance(v, float) else str(v))
     table.add_row("acceptance per position", " ".join("-" if p is None else f"{p:.2f}" for p in res["acceptance_per_position"]))
     console.print(table)
+    t = res.get("time")
+    if t:
+        w, r = t["with_drafter"], t["round_cost_in_target_steps"]
+        console.print(f"where the time goes: drafting {w['drafting_s']:.1f} s, verification {w['verification_s']:.1f} s, "
+                      f"overhead {w['overhead_s']:.1f} s; a round costs {sum(v or 0 for v in r.values()):.2f} target "
+                      f"steps and emits {res['mean_acceptance_length'] or 0:.2f} tokens")
+    for warning in res.get("warnings", []):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"written: {out}")
 
 

@@ -137,10 +137,10 @@ class DraftCheckConfig(Strict):
     backend: DraftBackend = Field("hf", description="hf (transformers assisted generation) or vllm (needs the vllm extra)")
     cross_tokenizer: bool = Field(False, description="baseline: the drafter keeps its own tokenizer (hf: Universal "
                                   "Assisted Generation, vllm: use_heterogeneous_vocab)")
+    draft_vocab: int = Field(0, ge=0, description="hf: score only the N tokens most frequent in draft_vocab_corpus; 0 = all")
+    draft_vocab_corpus: str = "bundled:train"
     dtype: DType = "float32"
     out: str | None = None
-
-
 
 class StageConfig(Strict):
     """One stage of progressive fine-tuning."""

@@ -84,7 +84,8 @@ def test_cross_tokenizer_rounds_can_exceed_k(pair, real_tokenizer, monkeypatch):
     qwen = real_tokenizer("qwen2.5-coder-0.5b")
     drafter = build_tiny("qwen2", qwen, seed=5, tie_word_embeddings=False)
     with record_rounds(target) as rounds:
-        res = hf_draft_check(target, drafter, tok, PROMPTS, k=1, max_new_tokens=10, drafter_tokenizer=qwen)
+        res = hf_draft_check(target, drafter, tok, PROMPTS, k=1, max_new_tokens=10, drafter_tokenizer=qwen,
+                             cross_tokenizer=True)
     longest = max(d for d, _ in rounds)
     assert longest > 1, rounds  # the case under test happened
     assert res["lossless"] and res["cross_tokenizer"]

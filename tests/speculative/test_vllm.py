@@ -87,7 +87,7 @@ def test_self_drafting_through_the_cli_accepts_everything(models, tmp_path):
 def test_cross_tokenizer_baseline_is_lossless(models):
     """vLLM's heterogeneous-vocabulary drafting: a Qwen-vocab drafter for a SmolLM2-vocab target."""
     res = vllm_draft_check(models["target_dir"], models["other_dir"], models["tok"], PROMPTS[:1], k=2, max_new_tokens=6,
-                           drafter_tokenizer=models["q_tok"])
+                           drafter_tokenizer=models["q_tok"], cross_tokenizer=True)
     assert res["cross_tokenizer"] and res["lossless"] and res["rounds"] > 0 and res["drafted_tokens"] == 2 * res["rounds"]
 
 

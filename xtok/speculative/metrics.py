@@ -63,3 +63,22 @@ def draft_check_result(stats: dict, *, k: int, prompts: int, max_new_tokens: int
         "speedup": spec_tps / plain_tps, "lossless": not mismatched, "mismatched_prompts": mismatched,
         "cross_tokenizer": cross_tokenizer,
     }
+
+
+def time_breakdown(plain_s: float, plain_forward_s: float, plain_tokens: int, spec_s: float, draft_s: float,
+                   verify_s: float, rounds: int) -> dict:
+    """Where the seconds go. Target alone: its forward passes and the rest (generate's own work). With the drafter:
+    drafting (the drafter proposing, its generate included), verification (the target's forward passes) and the rest.
+    ``round_cost_in_target_steps``: each part of a round in plain target steps; drafting pays only when the tokens
+    a round emits (the mean acceptance length) exceed the sum of the parts."""
+    step = plain_s / plain_tokens if plain_tokens else None
+    per_round = {name: (value / rounds if rounds else None) for name, value in
+                 (("drafting_s", draft_s), ("verification_s", verify_s), ("overhead_s", spec_s - draft_s - verify_s))}
+    return {
+        "target_alone": {"seconds": plain_s, "forward_s": plain_forward_s, "overhead_s": plain_s - plain_forward_s,
+                         "seconds_per_token": step},
+        "with_drafter": {"seconds": spec_s, "drafting_s": draft_s, "verification_s": verify_s,
+                         "overhead_s": spec_s - draft_s - verify_s, "rounds": rounds},
+        "per_round": per_round,
+        "round_cost_in_target_steps": {name: (v / step if v is not None and step else None) for name, v in per_round.items()},
+    }

@@ -9,6 +9,7 @@ from xtok.config import DraftCheckConfig
 from xtok.corpus import load_corpus, prompts_in_turn
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import DRAFT_BACKENDS
+from xtok.speculative.draft_vocab import frequent_tokens
 from xtok.utils.io import provenance, write_json
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,11 @@ def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, 
         target, tok = load_model(cfg.target, cache_dir, dtype=cfg.dtype)
         drafter, d_tok = load_model(cfg.drafter, cache_dir, dtype=cfg.dtype)
         options = {}
-    res = backend(target, drafter, tok, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens,
-                  drafter_tokenizer=d_tok if cfg.cross_tokenizer else None, progress=progress, **options)
+    if cfg.draft_vocab:
+        texts = list(load_corpus(cfg.draft_vocab_corpus)["text"])
+        options["draft_vocab"] = frequent_tokens(tok, texts, cfg.draft_vocab)
+    res = backend(target, drafter, tok, prompts, k=cfg.k, max_new_tokens=cfg.max_new_tokens, drafter_tokenizer=d_tok,
+                  cross_tokenizer=cfg.cross_tokenizer, progress=progress, **options)
     res.update(target=cfg.target, drafter=cfg.drafter, backend=cfg.backend)
     if out is not None:
         write_json(out, {"result": res, "provenance": provenance(cfg)})

