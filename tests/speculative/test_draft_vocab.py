@@ -35,14 +35,21 @@ def test_check_vocab_accepts_padding_and_refuses_content():
         check_vocab(3, 64, a, None)
     with pytest.raises(ValueError, match="drafter has 2 embedding rows for a tokenizer of 3"):
         check_vocab(3, 2, a, a)
+    assert check_vocab(3, 99, a, fake_tokenizer({"z": 0}), cross_tokenizer=True) is False
+    with pytest.raises(ValueError, match="cross-tokenizer baseline needs the drafter's tokenizer"):
+        check_vocab(3, 99, a, None, cross_tokenizer=True)
 
 
 def test_context_and_size_checks():
-    check_drafter_context([10, 20], 30, 4, 54)  # exactly fits
+    prompts = ["a", "b"]
+    check_drafter_context(prompts, [[0] * 10, [0] * 20], 30, 4, 54)  # exactly fits
     with pytest.raises(ValueError, match="needs 55 positions.*context is 54"):
-        check_drafter_context([10, 21], 30, 4, 54)
+        check_drafter_context(prompts, [[0] * 10, [0] * 21], 30, 4, 54)
     with pytest.raises(ValueError, match="k=64 draft tokens is beyond the drafter's context"):
-        check_drafter_context([1], 1, 64, 64)
+        check_drafter_context(["a"], [[0]], 1, 64, 64)
+    own = lambda text: {"input_ids": [0] * 21}  # noqa: E731  the drafter's own tokenizer reads 21 tokens
+    with pytest.raises(ValueError, match="needs 55 positions"):
+        check_drafter_context(prompts, [[0] * 10, [0] * 10], 30, 4, 54, own)
     assert drafter_size_warning(10, 9) is None
     assert "cannot make it faster" in drafter_size_warning(10, 10)
 

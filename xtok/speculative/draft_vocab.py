@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,13 +28,9 @@ def frequent_tokens(tokenizer, texts: list[str], n: int) -> torch.Tensor:
                          f"1 <= --draft-vocab < {size}, or 0 for the full head")
     if not texts:
         raise ValueError("no text to count token frequencies on: give a corpus with at least one document")
-    counts = Counter()
-    for text in texts:
-        counts.update(tokenizer(text, add_special_tokens=False)["input_ids"])
+    ids = [i for text in texts for i in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    freq = torch.bincount(torch.tensor(ids, dtype=torch.long), minlength=size)[:size].double()
     special = sorted({int(i) for i in tokenizer.all_special_ids if 0 <= i < size})
-    freq = torch.zeros(size, dtype=torch.float64)
-    ids = torch.tensor(list(counts), dtype=torch.long)
-    freq[ids] = torch.tensor([float(counts[int(i)]) for i in ids], dtype=torch.float64)
     freq[special] = float("inf")
     order = torch.sort(-freq, stable=True).indices
     return order[:n].sort().values

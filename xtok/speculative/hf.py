@@ -119,22 +119,16 @@ def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, ma
     """
     check_request(k, prompts)
     t_vocab, d_vocab = target.config.get_text_config().vocab_size, drafter.config.get_text_config().vocab_size
-    if cross_tokenizer:
-        if drafter_tokenizer is None:
-            raise ValueError("the cross-tokenizer baseline needs the drafter's tokenizer (drafter_tokenizer)")
-        if draft_vocab is not None:
-            raise ValueError("a reduced draft vocabulary needs the drafter on the target's tokenizer; drop --draft-vocab "
-                             "or --cross-tokenizer")
-        padded = False
-    else:
-        padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer)
+    if cross_tokenizer and draft_vocab is not None:
+        raise ValueError("a reduced draft vocabulary needs the drafter on the target's tokenizer; drop --draft-vocab "
+                         "or --cross-tokenizer")
+    padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer, cross_tokenizer)
     size_warning = drafter_size_warning(parameters(target), parameters(drafter))
     gc = drafter.generation_config
     gc.num_assistant_tokens, gc.num_assistant_tokens_schedule, gc.assistant_confidence_threshold = k, "constant", 0.0
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_new_tokens, getattr(target.config, "max_position_embeddings", None))
-    # UAG's drafter reads the text in its own tokens (about as many new ones as the target's, give or take)
-    lengths = [len(drafter_tokenizer(p)["input_ids"]) for p in prompts] if cross_tokenizer else list(map(len, prompt_ids))
-    check_drafter_context(lengths, max_new_tokens, k, getattr(drafter.config, "max_position_embeddings", None))
+    check_drafter_context(prompts, prompt_ids, max_new_tokens, k, getattr(drafter.config, "max_position_embeddings", None),
+                          drafter_tokenizer if cross_tokenizer else None)
     extra = {"tokenizer": tokenizer, "assistant_tokenizer": drafter_tokenizer} if cross_tokenizer else {}
     all_rounds: list[tuple[int, int]] = []
     plain_s = spec_s = draft_s = plain_fwd = spec_fwd = 0.0

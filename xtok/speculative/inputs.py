@@ -17,13 +17,19 @@ def check_request(k: int, prompts: list[str]) -> None:
         raise ValueError("no prompts: give a prompt file with at least one document")
 
 
-def check_vocab(target_vocab: int, drafter_vocab: int, tokenizer, drafter_tokenizer=None) -> bool:
+def check_vocab(target_vocab: int, drafter_vocab: int, tokenizer, drafter_tokenizer=None,
+                cross_tokenizer: bool = False) -> bool:
     """Whether the drafter's head must be seen through the target's vocabulary size (True: they differ by padding only).
 
     Same tokenizer content (every token at the same id) with different embedding sizes is padding, as vLLM and most
     checkpoints pad the vocabulary to a multiple of 64 or 128: accepted. Different content is refused, and so are
-    different sizes when the drafter's tokenizer is not known (``drafter_tokenizer`` None).
+    different sizes when the drafter's tokenizer is not known (``drafter_tokenizer`` None). The cross-tokenizer
+    baseline compares nothing, but needs the drafter's tokenizer.
     """
+    if cross_tokenizer:
+        if drafter_tokenizer is None:
+            raise ValueError("the cross-tokenizer baseline needs the drafter's tokenizer (drafter_tokenizer)")
+        return False
     if drafter_tokenizer is None:
         if target_vocab != drafter_vocab:
             raise ValueError(f"drafter vocab_size {drafter_vocab} != target vocab_size {target_vocab}: {TRANSPLANT_FIRST}")
@@ -68,11 +74,15 @@ def tokenize_prompts(tokenizer, prompts: list[str], max_new_tokens: int, context
     return out
 
 
-def check_drafter_context(lengths: list[int], max_new_tokens: int, k: int, context: int | None) -> None:
+def check_drafter_context(prompts: list[str], prompt_ids: list[list[int]], max_new_tokens: int, k: int,
+                          context: int | None, cross_tokenizer_of=None) -> None:
     """The drafter reads the prompt, every generated token, and k drafts past them: all must fit its context.
-    ``lengths``: each prompt's length in the drafter's tokens."""
+    ``cross_tokenizer_of``: the drafter's own tokenizer in the cross-tokenizer baseline, where it reads the prompts
+    in its own tokens (and about as many new ones as the target's, give or take); else it reads ``prompt_ids``."""
     if context is None:
         return
+    tok = cross_tokenizer_of
+    lengths = [len(tok(p)["input_ids"]) for p in prompts] if tok is not None else list(map(len, prompt_ids))
     if k >= context:
         raise ValueError(f"k={k} draft tokens is beyond the drafter's context ({context} positions); use a smaller --k")
     need = max(lengths) + max_new_tokens + k

@@ -113,14 +113,12 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
                          "runs on --backend hf only")
     t_cfg, d_cfg = AutoConfig.from_pretrained(target), AutoConfig.from_pretrained(drafter)
     t_vocab, d_vocab = t_cfg.get_text_config().vocab_size, d_cfg.get_text_config().vocab_size
-    if cross_tokenizer and drafter_tokenizer is None:
-        raise ValueError("the cross-tokenizer baseline needs the drafter's tokenizer (drafter_tokenizer)")
-    padded = False if cross_tokenizer else check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer)
+    padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer, cross_tokenizer)
     size_warning = drafter_size_warning(folder_parameters(target), folder_parameters(drafter))
     ctx = getattr(t_cfg, "max_position_embeddings", None)
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_new_tokens, ctx)
-    lengths = [len(drafter_tokenizer(p)["input_ids"]) for p in prompts] if cross_tokenizer else list(map(len, prompt_ids))
-    check_drafter_context(lengths, max_new_tokens, k, getattr(d_cfg, "max_position_embeddings", None))
+    check_drafter_context(prompts, prompt_ids, max_new_tokens, k, getattr(d_cfg, "max_position_embeddings", None),
+                          drafter_tokenizer if cross_tokenizer else None)
     if not vllm_installed():
         raise RuntimeError(f"vLLM is not installed in this Python ({sys.executable}); install it with {INSTALL}")
     need = max(len(ids) for ids in prompt_ids) + max_new_tokens + k + 1
