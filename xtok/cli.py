@@ -169,10 +169,14 @@ def transplant_cmd(
     exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (slow on CPUs without AMX)")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
+    out_dtype: Annotated[Optional[str], typer.Option(help="dtype written: source (the student's), float32, bfloat16, "
+                                                     "float16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,
     alignment: Annotated[Optional[str], typer.Option(help="xtok align output, for --method tokalign / tokalign+omp")] = None,
     head_fit_tokens: Annotated[Optional[int], typer.Option(help="fit the head on the transplant's own hidden states "
                                                            "over N calibration positions [default: 0, off]")] = None,
+    max_coef_norm: Annotated[Optional[float], typer.Option(help="refuse new rows whose OMP coefficient norm (1 = no "
+                                                           "cancellation) is above this: planted codes")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
     config: Annotated[Optional[str], typer.Option(help="a transplant YAML; options given here override it")] = None,
 ) -> None:
@@ -181,8 +185,9 @@ def transplant_cmd(
 
     given = {"student": student, "teacher": teacher, "out": str(out) if out else None, "method": method,
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
+             "out_dtype": out_dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
-             "overwrite": overwrite}
+             "max_coef_norm": max_coef_norm, "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)
@@ -192,6 +197,10 @@ def transplant_cmd(
     console.print(f"transplanted {report['student']} <- {report['teacher']} tokenizer with {report['method']}: "
                   f"{t['shared_bytes']} shared, {t['shared_special']} special by role, {t['new']} new; "
                   f"{report['seconds']}s -> {folder}")
+    for name, rep in report["spaces"].items():
+        if rep.get("safety", {}).get("flagged"):
+            console.print(f"[yellow]warning[/yellow]: safety scan flagged {rep['safety']['flagged']} new {name} rows as "
+                          f"possibly planted codes; see 'safety' in {folder}/transplant_report.json")
 
 
 @app.command("distill")

@@ -90,3 +90,34 @@ def test_teacher_vocab_size_reads_configs_without_weights_or_conversion(tiny_mod
     folder = tmp_path / "tok-only"
     AutoTokenizer.from_pretrained(tiny_model_dir("smollm2-135m")).save_pretrained(folder)
     assert teacher_vocab_size(folder, tmp_path) is None  # a bare tokenizer: no config to read
+
+
+def test_transplant_writes_the_students_stored_dtype_unless_told(tiny_model_dir, tmp_path):
+    import torch
+
+    from xtok.models.load import stored_dtype, stored_tensors
+    from xtok.vocab.shared import build_token_map
+
+    student, teacher = tiny_model_dir("qwen2.5-coder-0.5b"), tiny_model_dir("smollm2-135m")
+    bf16 = tmp_path / "bf16-student"
+    AutoModelForCausalLM.from_pretrained(student, dtype=torch.bfloat16).save_pretrained(bf16)
+    AutoTokenizer.from_pretrained(student).save_pretrained(bf16)
+    assert stored_dtype(student) == "float32" and stored_dtype(bf16) == "bfloat16"
+    runs = {"source": tmp_path / "src", "float32": tmp_path / "f32"}
+    for out_dtype, out in runs.items():
+        res = xtok("transplant", "--student", str(bf16), "--teacher", str(teacher), "--out", str(out), "--k", "2",
+                   "--method", "mean", "--head-method", "mean", "--out-dtype", out_dtype)
+        assert res.returncode == 0, res.stderr
+    assert {d for d, _ in stored_tensors(runs["source"]).values()} == {"BF16"}
+    assert {d for d, _ in stored_tensors(runs["float32"]).values()} == {"F32"}
+    assert json.loads((runs["source"] / REPORT_FILE).read_text())["dtype"] == "bfloat16"
+    # shared rows are the student's bf16 values exactly, in both outputs
+    s_emb = AutoModelForCausalLM.from_pretrained(bf16, dtype=torch.bfloat16).get_input_embeddings().weight
+    tmap = build_token_map(AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(bf16))
+    shared = tmap.shared_teacher_ids
+    for out in runs.values():
+        emb = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).get_input_embeddings().weight
+        assert torch.equal(emb[shared], s_emb[tmap.student_of[shared]].float())
+    res = xtok("transplant", "--student", str(bf16), "--teacher", str(teacher), "--out", str(tmp_path / "bad"),
+               "--out-dtype", "int8")
+    assert res.returncode == 2 and "out_dtype" in res.stderr and not (tmp_path / "bad").exists()

@@ -47,7 +47,10 @@ class TransplantConfig(Strict):
     candidates: int | None = Field(128, ge=1, description="OMP: search only each token's m most correlated anchors")
     exact: bool = Field(False, description="OMP over all anchors (ignores candidates)")
     chunk: int = Field(1024, ge=1, description="new tokens per OMP step; bounds peak memory")
-    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="OMP correlation product dtype (auto: "
+                                                         "bfloat16 where the CPU has AMX)")
+    out_dtype: Literal["source", "float32", "bfloat16", "float16"] = Field(
+        "source", description="dtype the transplant is written in (source: the student's stored dtype)")
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
     alignment: str | None = Field(None, description="an xtok align output folder, for tokalign / tokalign+omp")
     calibration_data: str = Field("bundled:train", description="text run through both models by methods that "
@@ -56,6 +59,10 @@ class TransplantConfig(Strict):
     head_fit_tokens: int = Field(0, ge=0, description="positions of calibration_data the head is fitted on (0: off)")
     head_fit_l2: float = Field(0.1, gt=0, description="head fit: pull of each fitted row to its transplanted row")
     head_fit_iterations: int = Field(30, ge=1, description="head fit: L-BFGS iterations")
+    safety_z: float = Field(15.0, gt=0, description="safety scan: robust z-score against shared tokens past which a "
+                            "new OMP row is flagged as a possibly planted code")
+    max_coef_norm: float | None = Field(None, ge=1, description="refuse the transplant if a new row's OMP coefficient "
+                                        "norm (sum |c_i| |a_i| / |x|, 1 = no cancellation) exceeds this")
     overwrite: bool = False
 
     @model_validator(mode="after")

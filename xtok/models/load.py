@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -139,3 +140,36 @@ def load_model(spec: str | Path, cache_dir: str | Path | None = None, dtype: str
     tokenizer = AutoTokenizer.from_pretrained(where)
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype)).eval()
     return model, tokenizer
+
+
+SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+
+
+def stored_tensors(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """{name: (safetensors dtype, shape)} of a model folder's safetensors files, from their headers (nothing loaded)."""
+    from safetensors import safe_open
+
+    out = {}
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                s = f.get_slice(name)
+                out[name] = (s.get_dtype(), tuple(s.get_shape()))
+    return out
+
+
+def folder_parameters(folder: str | Path) -> int:
+    """Parameters stored in a model folder's safetensors files (headers only)."""
+    return sum(math.prod(shape) for _, shape in stored_tensors(folder).values())
+
+
+def stored_dtype(spec: str | Path, cache_dir: str | Path | None = None) -> str:
+    """The floating dtype holding most of a model's stored parameters ("float32", "bfloat16", "float16"): what a
+    transplant writes by default. A catalogue model is stored in float32 (converted from GGUF); a folder without
+    safetensors files (a .bin checkpoint) counts as float32."""
+    counts: dict[str, int] = {}
+    for dtype, shape in stored_tensors(resolve_model(spec, cache_dir)).values():
+        if dtype in SAFETENSORS_DTYPES:
+            name = SAFETENSORS_DTYPES[dtype]
+            counts[name] = counts.get(name, 0) + math.prod(shape)
+    return max(counts, key=counts.get) if counts else "float32"

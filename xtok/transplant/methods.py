@@ -13,6 +13,7 @@ import torch
 
 from xtok.registry import INIT_METHODS, MethodSpec, raise_no_alignment, raise_no_donor
 from xtok.transplant.omp import batch_omp
+from xtok.transplant.safety import CodeStats, code_stats, reference_stats
 
 
 @dataclass
@@ -40,6 +41,9 @@ class Space:
     details: dict[str, Any] = field(default_factory=dict)  # extra per-method counts for the report
     # (teacher ids, rows) of shared tokens whose copied row a method replaces (subword-prior: a first piece's share)
     replaced: tuple[torch.Tensor, torch.Tensor] | None = None
+    codes: list[CodeStats] = field(default_factory=list)  # OMP methods: code statistics for the safety scan
+    safety_z: float = 15.0  # robust z-score past which the safety scan flags a row
+    max_coef_norm: float | None = None  # refuse rows whose OMP coefficient norm is above this
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
@@ -146,17 +150,23 @@ def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
                        spec=MethodSpec(needs_donor=True, uses_k=True))
 def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("omp")
-    return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student)
+    return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student, new_ids)
 
 
-def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student: torch.Tensor) -> torch.Tensor:
-    """Student rows for donor vectors ``x`` (m, d): OMP codes over ``atoms`` applied to the anchors' student rows."""
-    idx, coef = batch_omp(x, atoms, space.k, chunk=space.chunk, dtype=space.dtype, candidates=space.candidates,
-                          progress=space.progress)
+def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student: torch.Tensor,
+             ids: torch.Tensor) -> torch.Tensor:
+    """Student rows for donor vectors ``x`` (m, d) of teacher tokens ``ids``: OMP codes over ``atoms`` applied to the
+    anchors' student rows. The codes' statistics go to ``space.codes`` for the safety scan."""
+    def omp(targets: torch.Tensor, dictionary: torch.Tensor, progress: bool = False):
+        return batch_omp(targets, dictionary, space.k, chunk=space.chunk, dtype=space.dtype, candidates=space.candidates,
+                         progress=progress)
+
+    idx, coef = omp(x, atoms, space.progress)
     student_rows = space.student[anchor_student]  # (n, d_s)
     out = torch.empty((len(x), space.student.shape[1]))
     for s in range(0, len(x), space.chunk):
         out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
+    space.codes.append(CodeStats(ids, *code_stats(x, atoms, idx, coef), reference=reference_stats(atoms, omp)))
     return out
 
 

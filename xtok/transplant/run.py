@@ -10,7 +10,7 @@ from xtok.align.result import load_alignment
 from xtok.config import TransplantConfig
 from xtok.corpus import load_corpus
 from xtok.models.catalogue import CATALOGUE
-from xtok.models.load import is_prepared, load_model, load_tokenizer, resolve_tokenizer
+from xtok.models.load import is_prepared, load_model, load_tokenizer, resolve_tokenizer, stored_dtype
 from xtok.registry import check_methods
 from xtok.transplant.apply import is_tied, save_transplant, transplant
 from xtok.utils.io import check_output_path
@@ -60,7 +60,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
                                teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
-                               calibration_tokens=cfg.calibration_tokens,
+                               calibration_tokens=cfg.calibration_tokens, safety_z=cfg.safety_z,
+                               max_coef_norm=cfg.max_coef_norm,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
@@ -74,5 +75,6 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
                                       iterations=cfg.head_fit_iterations)
         report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
-    save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite)
+    report["dtype"] = stored_dtype(cfg.student, cache_dir) if cfg.out_dtype == "source" else cfg.out_dtype
+    save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite, dtype=report["dtype"])
     return out, report

@@ -53,6 +53,6 @@ def tokalign_omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
                          "lower --k or align on a larger corpus")
     out = torch.empty((len(new_ids), space.student.shape[1]))
     if has.any():
-        out[has] = omp_rows(space, x, atoms, space.anchor_student[a_has])
+        out[has] = omp_rows(space, x, atoms, space.anchor_student[a_has], new_ids[has])
     space.details["tokalign+omp_approximated"] = int(has.sum())
     return _fallback(space, "tokalign+omp", new_ids, ~has, out)
