@@ -155,7 +155,7 @@ def test_subword_prior_without_a_teacher_model_takes_an_alignments_counts(real_t
 def test_subword_prior_families_hold_exactly_the_students_probability(real_tokenizer):
     """At a hidden state with h · v = 1, the members of each first piece p's family (the teacher tokens spelled p ...,
     shared or new) have exp-logits summing to exp(p's student logit): Σ_t exp(h · w_t) = exp(h · w_p)."""
-    from xtok.transplant.apply import _new_space_rows
+    from xtok.transplant.apply import Plan, space_rows
 
     smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
     tmap = build_token_map(qwen, smol)
@@ -166,8 +166,11 @@ def test_subword_prior_families_hold_exactly_the_students_probability(real_token
     prior = torch.rand(len(qwen), dtype=torch.float64) + 1e-3
     cal = Calibration(v, 0.0, prior / prior.sum(), {"teacher": 1}, 0.0)
     tcv = canonical_vocab(qwen)
-    space = Space("output", student, None, *tmap.anchors(), tcv.bytes_of, smol, calibration=cal, student_of=tmap.student_of)
-    rows, report = _new_space_rows(space, tmap, "subword-prior", len(qwen))
+    anchor_t, anchor_s = tmap.anchors()
+    plan = Plan(tmap, "mean", "subword-prior", False, len(qwen),
+                dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=smol,
+                     student_of=tmap.student_of))
+    rows, report = space_rows(plan, "output", student, None, cal)
     h = torch.randn(3, d).double()
     h = h - ((h @ v.double() - 1) / v.double().dot(v.double()))[:, None] * v.double()  # h · v = 1 exactly
     # independent reference for the families: the student's tokenization of each token's text, its own id if shared

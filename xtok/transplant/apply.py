@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,53 @@ def _check_rows(tmap: TokenMap, student_rows: int, teacher_len: int, donor_rows:
         )
 
 
-def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The (rows, d_s) matrix of one space: shared rows copied, new rows by ``method``, padding zero."""
+@dataclass
+class Plan:
+    """What both transplant paths (in memory, streaming) share: the token map, the methods and the vocab rows."""
+
+    tmap: TokenMap
+    method: str
+    head_method: str
+    uses_k: bool
+    rows: int  # the new model's embedding rows: the teacher's
+    space: dict[str, Any]  # Space settings common to both spaces
+    t0: float = field(default_factory=time.perf_counter)
+
+
+def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str | None, donor: bool, student_rows: int,
+                    donor_rows: int | None, teacher_vocab_size: int | None, k: int = 8, candidates: int | None = None,
+                    chunk: int = 1024, dtype: str = "auto", alignment: Any = None, safety_z: float = 15.0,
+                    max_coef_norm: float | None = None, progress: bool = False) -> tuple[Plan, Any]:
+    """Token map, anchors and checks, before any row is computed; returns (plan, what ``check_methods`` says is needed)."""
+    head_method = head_method or method
+    needs = check_methods(method, head_method, teacher_model=donor, alignment=alignment is not None,
+                          fallback=None if alignment is None else alignment.fallback)
+    t0 = time.perf_counter()
+    tcv = canonical_vocab(teacher_tok)
+    tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
+    anchor_t, anchor_s = tmap.anchors()
+    if len(anchor_t) == 0:
+        raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
+    if needs.alignment:
+        alignment.check_tokenizers(teacher_tok, student_tok)
+    if needs.uses_k and not 1 <= k <= len(anchor_t):
+        raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
+    _check_rows(tmap, student_rows, len(teacher_tok), donor_rows)
+    rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
+    space = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=student_tok,
+                 k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress, alignment=alignment,
+                 student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm)
+    return Plan(tmap, method, head_method, needs.uses_k, rows, space, t0), needs
+
+
+def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor | None,
+               calibration: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The (rows, d_s) float32 matrix of one space: shared rows copied, new rows by the space's method, padding zero."""
+    space = Space(name, student, donor, calibration=calibration, **plan.space)
+    tmap = plan.tmap
+    method = plan.method if name == "input" else plan.head_method
     d = space.student.shape[1]
-    out = torch.zeros((rows, d))
+    out = torch.zeros((plan.rows, d))
     shared = tmap.shared_teacher_ids
     out[shared] = space.student[tmap.student_of[shared]]
     new = tmap.new_teacher_ids
@@ -77,7 +121,31 @@ def _new_space_rows(space: Space, tmap: TokenMap, method: str, rows: int) -> tup
                                 space.safety_z)
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,
-                 "padding_rows": rows - len(tmap.how), "seconds": round(seconds, 2), **space.details, **safety}
+                 "padding_rows": plan.rows - len(tmap.how), "seconds": round(seconds, 2), **space.details, **safety}
+
+
+def transplant_report(plan: Plan, spaces: dict[str, dict], tied: bool, untie: bool, student_tok, teacher_tok) -> dict:
+    """The report both paths write, with a warning logged for every space whose safety scan flagged rows."""
+    tmap = plan.tmap
+    report = {
+        "method": plan.method, "head_method": plan.head_method, "k": plan.space["k"] if plan.uses_k else None,
+        "candidates": plan.space["candidates"] if plan.uses_k else None, "tied_student": tied, "untied": untie,
+        "teacher_tokenizer_kind": tmap.teacher_kind, "student_tokenizer_kind": tmap.student_kind,
+        "tokens": tmap.counts(), "anchors": int(len(plan.space["anchor_teacher"])), "spaces": spaces,
+        "special_tokens": [
+            {"teacher": teacher_tok.convert_ids_to_tokens(m.teacher_id), "student": student_tok.convert_ids_to_tokens(m.student_id),
+             "how": m.how} for m in tmap.specials
+        ],
+        "vocab_rows": plan.rows, "seconds": round(time.perf_counter() - plan.t0, 2),
+    }
+    log.info("transplant: %s", report["tokens"])
+    for name, rep in spaces.items():
+        flagged = rep.get("safety", {}).get("flagged_rows", [])
+        if flagged:
+            log.warning("safety scan: %d new %s rows look like planted codes (robust z > %g against shared tokens), "
+                        "e.g. %s; see 'safety' in %s", rep["safety"]["flagged"], name, plan.space["safety_z"],
+                        ", ".join(repr(f["token"]) for f in flagged[:5]), REPORT_FILE)
+    return report
 
 
 def transplant(
@@ -118,26 +186,16 @@ def transplant(
     scanned for planted codes (``xtok.transplant.safety``): outliers past ``safety_z`` are listed in the report and
     logged, and ``max_coef_norm`` refuses the transplant where a code's coefficient norm exceeds it.
     """
-    head_method = head_method or method
-    needs = check_methods(method, head_method, teacher_model=teacher_model is not None, alignment=alignment is not None,
-                          fallback=None if alignment is None else alignment.fallback)
-    t0 = time.perf_counter()
-    tcv = canonical_vocab(teacher_tok)
-    tmap = build_token_map(teacher_tok, student_tok, teacher_cv=tcv)
-    anchor_t, anchor_s = tmap.anchors()
-    if len(anchor_t) == 0:
-        raise ValueError("the two tokenizers share no token (byte-canonically); a transplant needs shared anchors")
-    if needs.alignment:
-        alignment.check_tokenizers(teacher_tok, student_tok)
-    uses_k = needs.uses_k
-    if uses_k and not 1 <= k <= len(anchor_t):
-        raise ValueError(f"k={k} is larger than the {len(anchor_t)} shared anchor tokens; pass a k of at most {len(anchor_t)}")
-    s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
-    d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
-    _check_rows(tmap, s_in.shape[0], len(teacher_tok), None if d_in is None else d_in.shape[0])
     if teacher_vocab_size is None and teacher_model is not None:
         teacher_vocab_size = teacher_model.config.get_text_config().vocab_size
-    rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
+    s_in = _matrix(student_model.get_input_embeddings(), "input", student_model)
+    d_in = _matrix(teacher_model.get_input_embeddings(), "input", teacher_model) if teacher_model is not None else None
+    plan, needs = plan_transplant(student_tok, teacher_tok, method=method, head_method=head_method,
+                                  donor=teacher_model is not None, student_rows=s_in.shape[0],
+                                  donor_rows=None if d_in is None else d_in.shape[0], teacher_vocab_size=teacher_vocab_size,
+                                  k=k, candidates=candidates, chunk=chunk, dtype=dtype, alignment=alignment,
+                                  safety_z=safety_z, max_coef_norm=max_coef_norm, progress=progress)
+    rows = plan.rows
     calibration = None
     if needs.calibration:
         from xtok.transplant.calibrate import calibrate, calibration_texts
@@ -145,13 +203,9 @@ def transplant(
         calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
                                 calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
                                 counts=None if alignment is None else alignment.target.counts)
-    common = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of,
-                  student_tokenizer=student_tok, k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress,
-                  alignment=alignment, calibration=calibration, student_of=tmap.student_of, safety_z=safety_z,
-                  max_coef_norm=max_coef_norm)
     tied = is_tied(student_model)
-    untie = tied and head_method != method
-    new_in, rep_in = _new_space_rows(Space("input", s_in, d_in, **common), tmap, method, rows)
+    untie = tied and plan.head_method != plan.method
+    new_in, rep_in = space_rows(plan, "input", s_in, d_in, calibration)
     spaces = {"input": rep_in}
     new_out = None
     if not tied or untie:
@@ -160,7 +214,7 @@ def transplant(
         if teacher_model is not None:
             t_out = teacher_model.get_output_embeddings()
             d_out = _matrix(t_out if t_out is not None else teacher_model.get_input_embeddings(), "output", teacher_model)
-        new_out, spaces["output"] = _new_space_rows(Space("output", s_out, d_out, **common), tmap, head_method, rows)
+        new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, calibration)
 
     model = copy.deepcopy(student_model)
     model.resize_token_embeddings(rows, mean_resizing=False)
@@ -173,25 +227,7 @@ def transplant(
             model.get_output_embeddings().weight.copy_(new_out)
     _set_special_ids(model, teacher_tok, teacher_model)
     check_port(model, rows, tied and not untie)
-    report = {
-        "method": method, "head_method": head_method, "k": k if uses_k else None,
-        "candidates": candidates if uses_k else None, "tied_student": tied, "untied": untie,
-        "teacher_tokenizer_kind": tmap.teacher_kind, "student_tokenizer_kind": tmap.student_kind,
-        "tokens": tmap.counts(), "anchors": int(len(anchor_t)), "spaces": spaces,
-        "special_tokens": [
-            {"teacher": teacher_tok.convert_ids_to_tokens(m.teacher_id), "student": student_tok.convert_ids_to_tokens(m.student_id),
-             "how": m.how} for m in tmap.specials
-        ],
-        "vocab_rows": rows, "seconds": round(time.perf_counter() - t0, 2),
-    }
-    log.info("transplant: %s", report["tokens"])
-    for name, rep in spaces.items():
-        flagged = rep.get("safety", {}).get("flagged_rows", [])
-        if flagged:
-            log.warning("safety scan: %d new %s rows look like planted codes (robust z > %g against shared tokens), "
-                        "e.g. %s; see 'safety' in %s", rep["safety"]["flagged"], name, safety_z,
-                        ", ".join(repr(f["token"]) for f in flagged[:5]), REPORT_FILE)
-    return model, report
+    return model, transplant_report(plan, spaces, tied, untie, student_tok, teacher_tok)
 
 
 def _set_special_ids(model, teacher_tok, teacher_model) -> None:
@@ -246,7 +282,12 @@ def save_transplant(model, teacher_tok, out: str | Path, report: dict, config: A
             model.save_pretrained(tmp)
         else:
             copy.deepcopy(model).to(torch_dtype(dtype)).save_pretrained(tmp)
-        teacher_tok.save_pretrained(tmp)
-        write_json(tmp / REPORT_FILE, report)
-        write_provenance(tmp, config, step="transplant")
+        write_sidecars(tmp, teacher_tok, report, config)
     return Path(out)
+
+
+def write_sidecars(folder: Path, teacher_tok, report: dict, config: Any = None) -> None:
+    """The tokenizer, report and provenance next to a transplant's weights."""
+    teacher_tok.save_pretrained(folder)
+    write_json(folder / REPORT_FILE, report)
+    write_provenance(folder, config, step="transplant")

@@ -10,10 +10,18 @@ from xtok.align.result import load_alignment
 from xtok.config import TransplantConfig
 from xtok.corpus import load_corpus
 from xtok.models.catalogue import CATALOGUE
-from xtok.models.load import is_prepared, load_model, load_tokenizer, resolve_tokenizer, stored_dtype
+from xtok.models.load import (
+    folder_parameters,
+    is_prepared,
+    load_model,
+    load_tokenizer,
+    resolve_model,
+    resolve_tokenizer,
+    stored_dtype,
+)
 from xtok.registry import check_methods
-from xtok.transplant.apply import is_tied, save_transplant, transplant
-from xtok.utils.io import check_output_path
+from xtok.transplant.apply import is_tied, save_transplant, transplant, write_sidecars
+from xtok.utils.io import atomic_dir, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +54,10 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     alignment = load_alignment(cfg.alignment) if cfg.alignment else None
     needs = check_methods(cfg.method, cfg.head_method, teacher_model=not cfg.teacher_tokenizer_only,
                           alignment=alignment is not None, fallback=None if alignment is None else alignment.fallback)
-    if needs.calibration or cfg.head_fit_tokens:
-        load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
+    if not (needs.calibration or cfg.head_fit_tokens) and _safetensors_folders(cfg, needs.teacher_model, cache_dir):
+        return out, _run_streaming(cfg, out, alignment, needs.teacher_model, cache_dir, progress)  # no model runs
+    load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
+    check_memory(cfg, needs.teacher_model, cache_dir)
     student, student_tok = load_model(cfg.student, cache_dir)
     if cfg.head_fit_tokens and is_tied(student) and (cfg.head_method or cfg.method) == cfg.method:
         raise ValueError(f"head_fit_tokens={cfg.head_fit_tokens} needs an untied head, but {cfg.student} ties its head to "
@@ -78,3 +88,53 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     report["dtype"] = stored_dtype(cfg.student, cache_dir) if cfg.out_dtype == "source" else cfg.out_dtype
     save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite, dtype=report["dtype"])
     return out, report
+
+
+def _safetensors_folders(cfg: TransplantConfig, donor: bool, cache_dir) -> bool:
+    """Whether the student (and the teacher, where its embeddings are read) resolve to folders of safetensors."""
+    specs = [cfg.student] + ([cfg.teacher] if donor else [])
+    return all(any(Path(resolve_model(s, cache_dir)).glob("*.safetensors")) for s in specs)
+
+
+def _run_streaming(cfg: TransplantConfig, out: Path, alignment, donor: bool, cache_dir, progress: bool) -> dict:
+    from xtok.transplant.stream import stream_transplant
+
+    student_dir = resolve_model(cfg.student, cache_dir)
+    teacher_dir = resolve_model(cfg.teacher, cache_dir) if donor else None
+    student_tok, teacher_tok = load_tokenizer(student_dir), load_tokenizer(teacher_dir or cfg.teacher, cache_dir)
+    out_dtype = stored_dtype(student_dir) if cfg.out_dtype == "source" else cfg.out_dtype
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        report = stream_transplant(
+            student_dir, student_tok, teacher_tok, tmp, teacher_dir=teacher_dir, out_dtype=out_dtype, method=cfg.method,
+            head_method=cfg.head_method, alignment=alignment, progress=progress,
+            teacher_vocab_size=None if donor else teacher_vocab_size(cfg.teacher, cache_dir), k=cfg.k,
+            candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype, safety_z=cfg.safety_z,
+            max_coef_norm=cfg.max_coef_norm)
+        report.update(student=cfg.student, teacher=cfg.teacher, dtype=out_dtype)
+        write_sidecars(tmp, teacher_tok, report, cfg)
+    return report
+
+
+def available_memory() -> int | None:
+    """Bytes the kernel says a new process can use (MemAvailable), None where /proc/meminfo is missing."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(cfg: TransplantConfig, donor: bool, cache_dir) -> None:
+    """The in-memory transplant holds the student (twice: it is copied) and the teacher in float32: refuse up front
+    where that exceeds what the machine has, naming the streaming alternative."""
+    folders = [resolve_model(cfg.student, cache_dir)] + ([resolve_model(cfg.teacher, cache_dir)] if donor else [])
+    sizes = [4 * folder_parameters(f) for f in folders]
+    need = 2 * sizes[0] + sum(sizes[1:])
+    have = available_memory()
+    if have is not None and need > have:
+        raise ValueError(f"the in-memory transplant needs about {need / 2**30:.1f} GiB (the student twice and the teacher, "
+                         f"in float32) for its calibration or head fit, and this machine has {have / 2**30:.1f} GiB "
+                         f"available; use a head method that runs no model (e.g. --head-method omp) and no head fit, "
+                         f"which streams the models with only their embedding matrices in memory")
