@@ -57,10 +57,10 @@ def test_project_registries_load_every_module_that_fills_them():
 
 def test_init_methods_carry_a_typed_spec():
     assert all(isinstance(INIT_METHODS.spec(m), MethodSpec) for m in INIT_METHODS.names())
-    assert INIT_METHODS.spec("omp") == MethodSpec(needs_donor=True, uses_k=True)
+    assert INIT_METHODS.spec("omp") == MethodSpec(needs_donor=True, uses_k=True, rowwise=True)
     assert INIT_METHODS.spec("subword-prior") == MethodSpec(needs_calibration=True, head_only=True)
     assert INIT_METHODS.spec("tokalign") == MethodSpec(needs_alignment=True)
-    assert INIT_METHODS.spec("subword") == MethodSpec()
+    assert INIT_METHODS.spec("subword") == MethodSpec(rowwise=True)
     reg = Registry("widget", spec_type=MethodSpec)
     with pytest.raises(TypeError, match="spec=MethodSpec"):
         reg.register("x", needs_donor=True)  # untyped metadata is refused

@@ -99,6 +99,7 @@ class MethodSpec:
     needs_calibration: bool = False  # a prior of the teacher's tokens: from the teacher model or an alignment's counts
     head_only: bool = False  # builds output-head rows only (a head method, never the input method)
     uses_k: bool = False  # reads the sparsity k (at most the number of shared anchors)
+    rowwise: bool = False  # each new row depends on its token alone: the rows can be made a slice of tokens at a time
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,17 @@ def test_subword_is_the_mean_of_the_student_pieces(real_tokenizer):
 def test_donor_methods_refuse_a_bare_tokenizer():
     with pytest.raises(ValueError, match=r"bare tokenizer.*mean.*subword"):
         INIT_METHODS.get("omp")(_space(torch.randn(5, 2), None, 5), torch.tensor([0]))
+
+
+def test_rowwise_methods_give_the_same_rows_a_slice_at_a_time():
+    """What a method declares row-wise is made ROW_SLICE tokens at a time: the rows must not depend on the slicing."""
+    torch.manual_seed(0)
+    donor, student = torch.randn(60, 12), torch.randn(40, 7)
+    new = torch.arange(40, 60)
+    rowwise = [m for m in INIT_METHODS.names() if INIT_METHODS.spec(m).rowwise and m != "subword"]
+    assert {"omp", "mean", "focus", "zero"} <= set(rowwise)
+    for name in rowwise:
+        whole = INIT_METHODS.get(name)(_space(student, donor, 40), new)
+        sliced = torch.cat([INIT_METHODS.get(name)(_space(student, donor, 40), new[s:s + 7]) for s in range(0, 20, 7)])
+        torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6, msg=name)  # row-independent float32 products
+    assert not INIT_METHODS.spec("randn").rowwise and not INIT_METHODS.spec("subword-prior").rowwise

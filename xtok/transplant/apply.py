@@ -87,38 +87,46 @@ def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str |
     rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
     space = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=student_tok,
                  k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress, alignment=alignment,
-                 student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm)
+                 student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm, code_cache={})
     return Plan(tmap, method, head_method, needs.uses_k, rows, space, t0), needs
 
 
-def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor | None,
-               calibration: Any = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """The (rows, d_s) float32 matrix of one space: shared rows copied, new rows by the space's method, padding zero."""
+ROW_SLICE = 16384  # new rows a row-wise method makes at a time: bounds the method's output, not only OMP's
+
+
+def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor | None, calibration: Any = None,
+               dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The (rows, d_s) matrix of one space in ``dtype``: shared rows copied, new rows by the space's method (computed
+    in float32, ``ROW_SLICE`` tokens at a time where the method is row-wise), padding zero."""
     space = Space(name, student, donor, calibration=calibration, **plan.space)
     tmap = plan.tmap
     method = plan.method if name == "input" else plan.head_method
-    d = space.student.shape[1]
-    out = torch.zeros((plan.rows, d))
+    out = torch.zeros((plan.rows, space.student.shape[1]), dtype=dtype)
     shared = tmap.shared_teacher_ids
-    out[shared] = space.student[tmap.student_of[shared]]
+    out[shared] = space.student[tmap.student_of[shared]].to(dtype)
     new = tmap.new_teacher_ids
     t0 = time.perf_counter()
-    if len(new):
-        out[new] = INIT_METHODS.get(method)(space, new).float()
+    step = ROW_SLICE if INIT_METHODS.spec(method).rowwise else max(len(new), 1)
+    for s in range(0, len(new), step):
+        rows = INIT_METHODS.get(method)(space, new[s:s + step])
+        if not torch.isfinite(rows).all():
+            raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
+        out[new[s:s + step]] = rows.to(dtype)
+        del rows
     if space.replaced is not None:
         ids, replaced = space.replaced
         if len(ids) and tmap.student_of[ids].min() < 0:
             raise RuntimeError(f"init method {method!r} replaced rows of tokens that are not shared")
-        out[ids] = replaced.float()
+        if not torch.isfinite(replaced).all():
+            raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
+        out[ids] = replaced.to(dtype)
     seconds = time.perf_counter() - t0
-    if not torch.isfinite(out).all():
-        raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
     safety = {}
     if space.codes:
         if space.max_coef_norm is not None:
             check_coef_norm(space.codes, space.max_coef_norm, space.teacher_bytes, space.name)
-        safety["safety"] = scan(space.codes, out, space.student[tmap.student_of[shared]], space.teacher_bytes,
-                                space.safety_z)
+        shared_norms = space.student.norm(dim=1)[tmap.student_of[shared]]
+        safety["safety"] = scan(space.codes, out, shared_norms, space.teacher_bytes, space.safety_z)
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,
                  "padding_rows": plan.rows - len(tmap.how), "seconds": round(seconds, 2), **space.details, **safety}

@@ -42,6 +42,7 @@ class Space:
     # (teacher ids, rows) of shared tokens whose copied row a method replaces (subword-prior: a first piece's share)
     replaced: tuple[torch.Tensor, torch.Tensor] | None = None
     codes: list[CodeStats] = field(default_factory=list)  # OMP methods: code statistics for the safety scan
+    code_cache: dict = field(default_factory=dict)  # OMP codes by donor and tokens, shared by a transplant's spaces
     safety_z: float = 15.0  # robust z-score past which the safety scan flags a row
     max_coef_norm: float | None = None  # refuse rows whose OMP coefficient norm is above this
 
@@ -56,12 +57,12 @@ class Space:
         return self.alignment
 
 
-@INIT_METHODS.register("zero", help="all-zero rows")
+@INIT_METHODS.register("zero", help="all-zero rows", spec=MethodSpec(rowwise=True))
 def zero_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     return torch.zeros((len(new_ids), space.student.shape[1]))
 
 
-@INIT_METHODS.register("mean", help="the mean of the student's rows")
+@INIT_METHODS.register("mean", help="the mean of the student's rows", spec=MethodSpec(rowwise=True))
 def mean_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     return space.student.mean(0, keepdim=True).expand(len(new_ids), -1).clone()
 
@@ -107,7 +108,8 @@ def _byte_index(space: Space) -> dict[bytes, int]:
     return cached
 
 
-@INIT_METHODS.register("subword", help="the mean of the student pieces that spell the new token")
+@INIT_METHODS.register("subword", help="the mean of the student pieces that spell the new token",
+                       spec=MethodSpec(rowwise=True))
 def subword_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     out = torch.empty((len(new_ids), space.student.shape[1]))
     mean = space.student.mean(0)
@@ -132,7 +134,7 @@ def sparsemax(z: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("focus", help="FOCUS-style: sparsemax over the most similar anchors in donor space",
-                       spec=MethodSpec(needs_donor=True))
+                       spec=MethodSpec(needs_donor=True, rowwise=True))
 def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("focus")
     anchors = torch.nn.functional.normalize(donor[space.anchor_teacher].float(), dim=1)
@@ -147,26 +149,36 @@ def focus_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
 
 
 @INIT_METHODS.register("omp", help="Orthogonal Matching Pursuit over shared anchors in donor space (default)",
-                       spec=MethodSpec(needs_donor=True, uses_k=True))
+                       spec=MethodSpec(needs_donor=True, uses_k=True, rowwise=True))
 def omp_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     donor = space.need_donor("omp")
-    return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student, new_ids)
+    # the codes depend on the donor matrix alone: a teacher whose head is its input embeddings gives both spaces one
+    key = ("omp", donor.data_ptr(), tuple(donor.shape), int(new_ids[0]), int(new_ids[-1]), len(new_ids))
+    return omp_rows(space, donor[new_ids], donor[space.anchor_teacher], space.anchor_student, new_ids, cache_key=key)
 
 
 def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student: torch.Tensor,
-             ids: torch.Tensor) -> torch.Tensor:
+             ids: torch.Tensor, cache_key: tuple | None = None) -> torch.Tensor:
     """Student rows for donor vectors ``x`` (m, d) of teacher tokens ``ids``: OMP codes over ``atoms`` applied to the
-    anchors' student rows. The codes' statistics go to ``space.codes`` for the safety scan."""
+    anchors' student rows. The codes' statistics go to ``space.codes`` for the safety scan; codes stored under
+    ``cache_key`` in ``space.code_cache`` (shared by the spaces of one transplant) are not searched again."""
     def omp(targets: torch.Tensor, dictionary: torch.Tensor, progress: bool = False):
         return batch_omp(targets, dictionary, space.k, chunk=space.chunk, dtype=space.dtype, candidates=space.candidates,
                          progress=progress)
 
-    idx, coef = omp(x, atoms, space.progress)
+    if cache_key is not None and cache_key in space.code_cache:
+        idx, coef, stats = space.code_cache[cache_key]
+    else:
+        idx, coef = omp(x, atoms, space.progress)
+        reference = space.codes[0].reference if space.codes else reference_stats(atoms, omp)
+        stats = CodeStats(ids, *code_stats(x, atoms, idx, coef), reference=reference)
+        if cache_key is not None:
+            space.code_cache[cache_key] = (idx, coef, stats)
     student_rows = space.student[anchor_student]  # (n, d_s)
     out = torch.empty((len(x), space.student.shape[1]))
     for s in range(0, len(x), space.chunk):
         out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
-    space.codes.append(CodeStats(ids, *code_stats(x, atoms, idx, coef), reference=reference_stats(atoms, omp)))
+    space.codes.append(stats)
     return out
 
 

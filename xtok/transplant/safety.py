@@ -83,16 +83,21 @@ def _token(teacher_bytes: list[bytes | None], tid: int) -> str:
     return b.decode("utf-8", errors="replace") if b else f"<id {tid}>"
 
 
-def scan(codes: list[CodeStats], rows: torch.Tensor, shared_rows: torch.Tensor, teacher_bytes: list[bytes | None],
+def row_norms(rows: torch.Tensor, ids: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+    """Float32 norms of ``rows[ids]``, a slice at a time (no copy of the rows)."""
+    return torch.cat([rows[ids[s:s + chunk]].float().norm(dim=1) for s in range(0, len(ids), chunk)])
+
+
+def scan(codes: list[CodeStats], rows: torch.Tensor, shared_norms: torch.Tensor, teacher_bytes: list[bytes | None],
          z_max: float) -> dict:
-    """The scan of one space: ``rows`` (V, d) the space's new matrix, ``shared_rows`` the student's rows of its shared
-    tokens. Returns the reference medians and scales, how many rows were flagged, and the first ``LISTED`` of them
-    (highest coefficient norm first)."""
+    """The scan of one space: ``rows`` (V, d) the space's new matrix, ``shared_norms`` the norms of the student's rows
+    of its shared tokens. Returns the reference medians and scales, how many rows were flagged, and the first
+    ``LISTED`` of them (highest coefficient norm first)."""
     ids = torch.cat([c.ids for c in codes])
     stats = {"coef_norm": torch.cat([c.coef_norm for c in codes]), "residual": torch.cat([c.residual for c in codes]),
-             "row_norm": rows[ids].norm(dim=1)}
+             "row_norm": row_norms(rows, ids)}
     used = torch.cat([c.atoms_used for c in codes])
-    refs = {**codes[0].reference, "row_norm": shared_rows.norm(dim=1)}
+    refs = {**codes[0].reference, "row_norm": shared_norms}
     z, summary = {}, {}
     for name, values in stats.items():
         if name in refs and len(refs[name]):

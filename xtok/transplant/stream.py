@@ -123,14 +123,14 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
         save_file({key: tensor.to(write_dtype).contiguous()}, str(out / file), metadata={"format": "pt"})
         weight_map[key] = file
 
-    new_in, rep_in = space_rows(plan, "input", s_in, d_in)
+    new_in, rep_in = space_rows(plan, "input", s_in, d_in, dtype=write_dtype)
     spaces = {"input": rep_in}
     write(in_key, new_in, "xtok-input-embeddings.safetensors")
     del new_in
     if not tied or untie:
         s_out = s_in if tied else _finite(student.get(head_key).float(), "student's output head")
         del s_in
-        new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out)
+        new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, dtype=write_dtype)
         del s_out
         write(head_key, new_out, "xtok-output-head.safetensors")
         del new_out
