@@ -174,10 +174,10 @@ def omp_rows(space: Space, x: torch.Tensor, atoms: torch.Tensor, anchor_student:
         stats = CodeStats(ids, *code_stats(x, atoms, idx, coef), reference=reference)
         if cache_key is not None:
             space.code_cache[cache_key] = (idx, coef, stats)
-    student_rows = space.student[anchor_student]  # (n, d_s)
     out = torch.empty((len(x), space.student.shape[1]))
-    for s in range(0, len(x), space.chunk):
-        out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], student_rows[idx[s : s + space.chunk]])
+    for s in range(0, len(x), space.chunk):  # the anchors' student rows gathered per chunk: (B, k, d_s), never (n, d_s)
+        rows = space.student[anchor_student[idx[s : s + space.chunk]]]
+        out[s : s + space.chunk] = torch.einsum("bk,bkd->bd", coef[s : s + space.chunk], rows)
     space.codes.append(stats)
     return out
 

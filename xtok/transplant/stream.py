@@ -73,13 +73,16 @@ def embedding_keys(config) -> tuple[str, str | None, bool]:
     return in_key, f"{names[id(head)]}.weight", head.weight is inp.weight
 
 
-def _donor(teacher: Tensors | None, teacher_config) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _donor_keys(teacher: Tensors | None, teacher_config) -> tuple[str | None, str | None]:
+    """The teacher's tensors in the input and output roles (its head, or its input embeddings where tied)."""
     if teacher is None:
         return None, None
     in_key, head_key, tied = embedding_keys(teacher_config)
-    d_in = teacher.get(in_key).float()
-    d_out = d_in if tied or head_key is None or head_key not in teacher.where else teacher.get(head_key).float()
-    return d_in, d_out
+    return in_key, head_key if not tied and head_key is not None and head_key in teacher.where else in_key
+
+
+def _donor(teacher: Tensors | None, key: str | None) -> torch.Tensor | None:
+    return None if teacher is None else _finite(teacher.get(key).float(), f"teacher's {key}")
 
 
 def _finite(w: torch.Tensor, what: str) -> torch.Tensor:
@@ -109,7 +112,8 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
     if teacher_vocab_size is None and t_cfg is not None:
         teacher_vocab_size = t_cfg.get_text_config().vocab_size
     s_in = _finite(student.get(in_key).float(), "student's input embeddings")
-    d_in, d_out = _donor(teacher, t_cfg)
+    donor_in, donor_out = _donor_keys(teacher, t_cfg)
+    d_in = _donor(teacher, donor_in)
     plan, needs = plan_transplant(student_tok, teacher_tok, method=method, head_method=head_method, donor=teacher is not None,
                                   student_rows=s_in.shape[0], donor_rows=None if d_in is None else d_in.shape[0],
                                   teacher_vocab_size=teacher_vocab_size, alignment=alignment, progress=progress, **settings)
@@ -126,17 +130,19 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
     new_in, rep_in = space_rows(plan, "input", s_in, d_in, dtype=write_dtype)
     spaces = {"input": rep_in}
     write(in_key, new_in, "xtok-input-embeddings.safetensors")
-    del new_in
+    del new_in  # one space's matrices in memory at a time; a tied donor's one matrix (and its OMP codes) serves both
     if not tied or untie:
-        s_out = s_in if tied else _finite(student.get(head_key).float(), "student's output head")
-        del s_in
+        d_out = d_in if donor_out == donor_in else None
+        s_out = s_in if tied else None
+        del s_in, d_in
+        d_out = d_out if d_out is not None or teacher is None else _donor(teacher, donor_out)
+        s_out = s_out if s_out is not None else _finite(student.get(head_key).float(), "student's output head")
         new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, dtype=write_dtype)
-        del s_out
+        del s_out, d_out
         write(head_key, new_out, "xtok-output-head.safetensors")
         del new_out
     else:
-        del s_in
-    del d_in, d_out
+        del s_in, d_in
     files = student.by_file()
     for i, names in enumerate((files[f] for f in sorted(files)), 1):
         keep = [n for n in names if n not in (in_key, head_key)]
