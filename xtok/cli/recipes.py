@@ -1,117 +1,16 @@
-"""The single entry point: ``xtok <verb> ...``. Each verb validates its input and calls one library function."""
+"""The recipe commands: eval, transplant, distill, heal, align, draft-check, ensemble and run."""
 
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Cross-tokenizer tooling for pretrained LLMs.")
-models_app = typer.Typer(no_args_is_help=True, help="The bundled model catalogue.")
-app.add_typer(models_app, name="models")
-# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
-
-# What a user's input can cause: reported as one line and exit 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, RuntimeError, OSError)
-
-
-class State:
-    cache_dir: Optional[Path] = None
-
-
-def log_level(verbose: int) -> int:
-    """No -v: warnings only; -v: info (what each step does); -vv: debug."""
-    return (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-
-
-@app.callback()
-def _main(
-    cache_dir: Annotated[Optional[Path], typer.Option(envvar="XTOK_CACHE_DIR", help="where converted models live")] = None,
-    verbose: Annotated[int, typer.Option("-v", "--verbose", count=True, show_default=False,
-                                         help="-v info, -vv debug (default: warnings only)")] = 0,
-) -> None:
-    logging.basicConfig(level=log_level(verbose), format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False)], force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "datasets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    State.cache_dir = cache_dir
-    import datasets
-
-    datasets.disable_progress_bars()
-
-
-def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
-
-
-def _config_from_options(recipe: str, config: str | None, given: dict, required: tuple[str, ...], data: dict | None = None):
-    """A recipe config from an optional YAML with the command's options (those given, not None) over it."""
-    from xtok.config import RECIPE_SCHEMAS
-    from xtok.configfile import config_from_dict, load_config
-
-    base = load_config(config, recipe=recipe).model_dump() if config else {"recipe": recipe}
-    base.update({key: value for key, value in given.items() if value is not None})
-    if data is not None:  # the data section: the schema's default, the YAML's, then the options given
-        default = RECIPE_SCHEMAS[recipe].model_fields["data"].default.model_dump()
-        base["data"] = {**default, **base.get("data", {}), **{key: value for key, value in data.items() if value is not None}}
-    for key in required:
-        if not base.get(key):
-            raise ValueError(f"missing --{key}")
-    return config_from_dict(base, "command line")
-
-
-@models_app.command("list")
-def models_list() -> None:
-    """Catalogue models: names, sizes, vocabularies, whether installed and converted."""
-    from xtok.models import catalogue as cat
-    from xtok.models.load import catalogue_model_dir, is_prepared
-
-    table = Table(title="xtok model catalogue")
-    for col in ("name", "model", "arch", "vocab", "tokenizer", "GGUF MB", "installed", "converted"):
-        table.add_column(col, no_wrap=col == "name")
-    for entry in cat.CATALOGUE.values():
-        converted = "-"
-        if is_prepared(entry.name, State.cache_dir):
-            folder = catalogue_model_dir(entry.name, State.cache_dir)
-            size = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
-            converted = f"{size / 1e6:.0f} MB"
-        table.add_row(
-            entry.name, entry.description, entry.arch, f"{entry.vocab_size:,}", entry.tokenizer_kind,
-            f"{entry.gguf_size / 1e6:.0f}" if entry.gguf_size else "?", "yes" if cat.is_installed(entry) else "no", converted,
-        )
-    console.print(table)
-    console.print(f"cache: {State.cache_dir or cat.default_cache_dir()}")
-
-
-@models_app.command("prepare")
-def models_prepare(
-    names: Annotated[Optional[list[str]], typer.Argument(help="catalogue names")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="every CI-sized catalogue model")] = False,
-    force: Annotated[bool, typer.Option(help="convert again even if converted")] = False,
-) -> None:
-    """Convert catalogue models from their GGUF into verified Hugging Face folders (once)."""
-    from xtok.models import catalogue as cat
-    from xtok.models.load import prepare
-
-    chosen = [e.name for e in cat.CATALOGUE.values() if e.ci] if all_ else list(names or [])
-    if not chosen:
-        _fail(ValueError(f"name a model ({', '.join(cat.CATALOGUE)}) or pass --all"))
-    try:
-        for name in chosen:
-            console.print(f"{name}: {prepare(name, State.cache_dir, force=force)}")
-    except USER_ERRORS as exc:
-        _fail(exc)
+from xtok.cli.base import USER_ERRORS, State, _config_from_options, _fail, app, console
 
 
 @app.command("eval")
@@ -415,39 +314,3 @@ def run_cmd(
     except USER_ERRORS as exc:
         _fail(exc)
     sys.stdout.write(json.dumps(result, default=str) + "\n")
-
-
-@app.command("validate")
-def validate_cmd(configs: Annotated[list[str], typer.Argument(help="YAML paths or config names")]) -> None:
-    """Check configs against the schema without loading any model."""
-    from xtok.configfile import validate_file
-
-    bad = 0
-    for c in configs:
-        try:
-            console.print(f"[green]ok[/] {c} ({validate_file(c)})")
-        except (ValueError, OSError) as exc:
-            bad += 1
-            err_console.print(f"[red]invalid[/] {exc}")
-    if bad:
-        raise typer.Exit(1)
-
-
-@app.command("ls")
-def ls_cmd() -> None:
-    """Recipes, configs and every registry."""
-    from xtok.config import CONFIGS_DIR
-    from xtok.recipes import recipe_names
-    from xtok.registry import ALL_REGISTRIES
-
-    console.print("[bold]recipes[/] (xtok run RECIPE --config NAME): " + ", ".join(recipe_names()))
-    for p in sorted(CONFIGS_DIR.rglob("*.yaml")):
-        console.print(f"  config {p.relative_to(CONFIGS_DIR)}")
-    for title, reg in ALL_REGISTRIES.items():
-        console.print(f"[bold]{title}:[/]")
-        for name in reg.names():
-            console.print(f"  {name}: {reg.help(name)}")
-
-
-def main() -> None:
-    app()
