@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-from xtok.models.load import folder_parameters
 from xtok.registry import DRAFT_BACKENDS
 from xtok.speculative.draft_vocab import padded_copy
 from xtok.speculative.inputs import (
@@ -102,6 +101,8 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
     t_cfg, d_cfg = AutoConfig.from_pretrained(target), AutoConfig.from_pretrained(drafter)
     t_vocab, d_vocab = t_cfg.get_text_config().vocab_size, d_cfg.get_text_config().vocab_size
     padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer, cross_tokenizer)
+    from xtok.models.load import folder_parameters  # lazily: filling the backend registry loads no model layer
+
     size_warning = drafter_size_warning(folder_parameters(target), folder_parameters(drafter))
     ctx = getattr(t_cfg, "max_position_embeddings", None)
     prompt_ids = tokenize_prompts(tokenizer, prompts, max_new_tokens, ctx)
