@@ -106,20 +106,20 @@ def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor
     out[shared] = space.student[tmap.student_of[shared]].to(dtype)
     new = tmap.new_teacher_ids
     t0 = time.perf_counter()
-    step = ROW_SLICE if INIT_METHODS.spec(method).rowwise else max(len(new), 1)
-    for s in range(0, len(new), step):
-        rows = INIT_METHODS.get(method)(space, new[s:s + step])
+
+    def put(ids: torch.Tensor, rows: torch.Tensor) -> None:
         if not torch.isfinite(rows).all():
             raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
-        out[new[s:s + step]] = rows.to(dtype)
-        del rows
+        out[ids] = rows.to(dtype)
+
+    step = ROW_SLICE if INIT_METHODS.spec(method).rowwise else max(len(new), 1)
+    for s in range(0, len(new), step):
+        put(new[s:s + step], INIT_METHODS.get(method)(space, new[s:s + step]))
     if space.replaced is not None:
         ids, replaced = space.replaced
         if len(ids) and tmap.student_of[ids].min() < 0:
             raise RuntimeError(f"init method {method!r} replaced rows of tokens that are not shared")
-        if not torch.isfinite(replaced).all():
-            raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
-        out[ids] = replaced.to(dtype)
+        put(ids, replaced)
     seconds = time.perf_counter() - t0
     safety = {}
     if space.codes:
@@ -238,8 +238,13 @@ def transplant(
     return model, transplant_report(plan, spaces, tied, untie, student_tok, teacher_tok)
 
 
+def special_ids(teacher_tok) -> dict[str, int | None]:
+    """The bos/eos/pad ids a transplant's config (and generation config) takes from the teacher's tokenizer."""
+    return {f"{r}_token_id": getattr(teacher_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")}
+
+
 def _set_special_ids(model, teacher_tok, teacher_model) -> None:
-    ids = {f"{r}_token_id": getattr(teacher_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")}
+    ids = special_ids(teacher_tok)
     for key, value in ids.items():
         setattr(model.config, key, value)
     if teacher_model is not None and getattr(teacher_model, "generation_config", None) is not None:

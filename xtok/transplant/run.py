@@ -54,17 +54,21 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     alignment = load_alignment(cfg.alignment) if cfg.alignment else None
     needs = check_methods(cfg.method, cfg.head_method, teacher_model=not cfg.teacher_tokenizer_only,
                           alignment=alignment is not None, fallback=None if alignment is None else alignment.fallback)
-    if not (needs.calibration or cfg.head_fit_tokens) and _safetensors_folders(cfg, needs.teacher_model, cache_dir):
-        return out, _run_streaming(cfg, out, alignment, needs.teacher_model, cache_dir, progress)  # no model runs
-    load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
-    check_memory(cfg, needs.teacher_model, cache_dir)
-    student, student_tok = load_model(cfg.student, cache_dir)
+    runs_models = needs.calibration or cfg.head_fit_tokens
+    if runs_models:
+        load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
+    # the student's folder, and the teacher's where its embeddings are read (catalogue models converted once, here)
+    folders = [resolve_model(cfg.student, cache_dir)] + ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model else [])
+    if not runs_models and all(any(Path(f).glob("*.safetensors")) for f in folders):
+        return out, _run_streaming(cfg, out, alignment, folders, cache_dir, progress)  # no model runs: stream them
+    check_memory(folders)
+    student, student_tok = load_model(folders[0], cache_dir)
     if cfg.head_fit_tokens and is_tied(student) and (cfg.head_method or cfg.method) == cfg.method:
         raise ValueError(f"head_fit_tokens={cfg.head_fit_tokens} needs an untied head, but {cfg.student} ties its head to "
                          f"its input embeddings and both use {cfg.method}; give a head method of its own (subword-prior)")
     teacher_model = None
     if needs.teacher_model:
-        teacher_model, teacher_tok = load_model(cfg.teacher, cache_dir)
+        teacher_model, teacher_tok = load_model(folders[1], cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
@@ -85,29 +89,22 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
                                       iterations=cfg.head_fit_iterations)
         report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
-    report["dtype"] = stored_dtype(cfg.student, cache_dir) if cfg.out_dtype == "source" else cfg.out_dtype
+    report["dtype"] = stored_dtype(folders[0]) if cfg.out_dtype == "source" else cfg.out_dtype
     save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite, dtype=report["dtype"])
     return out, report
 
 
-def _safetensors_folders(cfg: TransplantConfig, donor: bool, cache_dir) -> bool:
-    """Whether the student (and the teacher, where its embeddings are read) resolve to folders of safetensors."""
-    specs = [cfg.student] + ([cfg.teacher] if donor else [])
-    return all(any(Path(resolve_model(s, cache_dir)).glob("*.safetensors")) for s in specs)
-
-
-def _run_streaming(cfg: TransplantConfig, out: Path, alignment, donor: bool, cache_dir, progress: bool) -> dict:
+def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[str], cache_dir, progress: bool) -> dict:
     from xtok.transplant.stream import stream_transplant
 
-    student_dir = resolve_model(cfg.student, cache_dir)
-    teacher_dir = resolve_model(cfg.teacher, cache_dir) if donor else None
+    student_dir, teacher_dir = folders[0], folders[1] if len(folders) > 1 else None
     student_tok, teacher_tok = load_tokenizer(student_dir), load_tokenizer(teacher_dir or cfg.teacher, cache_dir)
     out_dtype = stored_dtype(student_dir) if cfg.out_dtype == "source" else cfg.out_dtype
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         report = stream_transplant(
             student_dir, student_tok, teacher_tok, tmp, teacher_dir=teacher_dir, out_dtype=out_dtype, method=cfg.method,
             head_method=cfg.head_method, alignment=alignment, progress=progress,
-            teacher_vocab_size=None if donor else teacher_vocab_size(cfg.teacher, cache_dir), k=cfg.k,
+            teacher_vocab_size=None if teacher_dir else teacher_vocab_size(cfg.teacher, cache_dir), k=cfg.k,
             candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype, safety_z=cfg.safety_z,
             max_coef_norm=cfg.max_coef_norm)
         report.update(student=cfg.student, teacher=cfg.teacher, dtype=out_dtype)
@@ -126,10 +123,9 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(cfg: TransplantConfig, donor: bool, cache_dir) -> None:
-    """The in-memory transplant holds the student (twice: it is copied) and the teacher in float32: refuse up front
-    where that exceeds what the machine has, naming the streaming alternative."""
-    folders = [resolve_model(cfg.student, cache_dir)] + ([resolve_model(cfg.teacher, cache_dir)] if donor else [])
+def check_memory(folders: list[str]) -> None:
+    """The in-memory transplant holds the student (``folders[0]``; twice: it is copied) and the teacher (``folders[1]``,
+    where loaded) in float32: refuse up front where that exceeds what the machine has, naming the streaming route."""
     sizes = [4 * folder_parameters(f) for f in folders]
     need = 2 * sizes[0] + sum(sizes[1:])
     have = available_memory()

@@ -12,6 +12,7 @@ transformers on the meta device: every key present, none unexpected, every shape
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from xtok.transplant.apply import PortError, plan_transplant, space_rows, transplant_report
+from xtok.transplant.apply import PortError, plan_transplant, space_rows, special_ids, transplant_report
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,13 @@ class Tensors:
         for name, file in self.where.items():
             out.setdefault(file, []).append(name)
         return out
+
+    def read(self, file: Path, names: list[str]) -> dict[str, torch.Tensor]:
+        """Tensors ``names`` of one shard ``file``, the file opened once."""
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return {n: f.get_tensor(n) for n in names}
 
 
 def embedding_keys(config) -> tuple[str, str | None, bool]:
@@ -145,27 +153,24 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
     else:
         del s_in, d_in
     files = student.by_file()
-    for i, names in enumerate((files[f] for f in sorted(files)), 1):
-        keep = [n for n in names if n not in (in_key, head_key)]
+    for i, file in enumerate(sorted(files), 1):
+        keep = [n for n in files[file] if n not in (in_key, head_key)]
         if not keep:
             continue
         name = f"model-{i:05d}-of-{len(files):05d}.safetensors"
-        tensors = {}
-        for n in keep:
-            t = student.get(n)
-            tensors[n] = t.to(write_dtype) if t.is_floating_point() else t
-            weight_map[n] = name
+        tensors = {n: t.to(write_dtype) if t.is_floating_point() else t for n, t in student.read(file, keep).items()}
+        weight_map.update(dict.fromkeys(keep, name))
         save_file(tensors, str(out / name), metadata={"format": "pt"})
         del tensors
     total = sum((out / f).stat().st_size for f in set(weight_map.values()))
     (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
                                              indent=2))
-    new_cfg = AutoConfig.from_pretrained(student_dir)
+    new_cfg = copy.deepcopy(s_cfg)
     new_cfg.get_text_config().vocab_size = plan.rows
     if hasattr(new_cfg, "vocab_size"):
         new_cfg.vocab_size = plan.rows
     new_cfg.tie_word_embeddings = tied and not untie
-    ids = {f"{r}_token_id": getattr(teacher_tok, f"{r}_token_id") for r in ("bos", "eos", "pad")}
+    ids = special_ids(teacher_tok)
     for key, value in ids.items():
         setattr(new_cfg, key, value)
     new_cfg.dtype = write_dtype
