@@ -72,3 +72,47 @@ def test_interrupted_conversion_leaves_no_complete_folder(tmp_path, monkeypatch,
     with pytest.raises(ConversionError):
         convert.convert_gguf(tmp_path / "any.gguf", out)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bf16_storage_rounds_once_and_is_checked_in_float32(tmp_path, monkeypatch, real_tokenizer):
+    """A catalogue entry stored in bf16: every weight written is the float32 weight rounded to bf16 (torch's own
+    rounding is the reference), the folder is checked in float32 against the rounded model, and what the rounding
+    moved is recorded."""
+    from xtok.models import convert
+    from xtok.models.load import load_model, stored_tensors
+
+    tok = real_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    model = build_tiny("llama", tok)
+    source = {n: p.detach().clone() for n, p in model.named_parameters()}
+    monkeypatch.setattr(convert, "load_gguf_with_spec", lambda path: (tok, model, None))
+    out = tmp_path / "bf16"
+    convert.convert_gguf(tmp_path / "any.gguf", out, store_dtype="bfloat16")
+    assert {d for d, _ in stored_tensors(out).values()} == {"BF16"}
+    info = json.loads((out / MODEL_INFO_FILE).read_text())
+    assert info["stored_dtype"] == "bfloat16" and info["max_abs_logit_diff"] <= 1e-4
+    assert info["rounding_max_abs_logit_change"] > 0 and 0 <= info["rounding_top1_agreement"] <= 1
+    loaded, _ = load_model(str(out))  # float32 by default
+    params = dict(loaded.named_parameters())
+    for name, weight in source.items():
+        got = params[name]
+        assert got.dtype == torch.float32
+        assert torch.equal(got, weight.to(torch.bfloat16).to(torch.float32)), name
+    assert not torch.equal(params["model.embed_tokens.weight"], source["model.embed_tokens.weight"])  # it did round
+
+
+def test_catalogue_store_dtype_change_rebuilds(tmp_path, monkeypatch):
+    """A cached folder that stores another dtype than its catalogue entry asks for is not current."""
+    import dataclasses
+
+    from xtok.models import load
+
+    entry = dataclasses.replace(cat.get_entry("smollm2-135m"), store_dtype="bfloat16")
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / MODEL_INFO_FILE).write_text(json.dumps({"stored_dtype": "float32"}))
+    assert load._stored_dtype_differs(folder, entry, say_why=False)
+    (folder / MODEL_INFO_FILE).write_text(json.dumps({"stored_dtype": "bfloat16"}))
+    assert not load._stored_dtype_differs(folder, entry, say_why=False)
+    (folder / MODEL_INFO_FILE).write_text(json.dumps({}))  # folders made before store_dtype existed are float32
+    assert not load._stored_dtype_differs(folder, cat.get_entry("smollm2-135m"), say_why=False)

@@ -212,6 +212,8 @@ def draft_check_cmd(
     target: Annotated[str, typer.Option(help="the model drafted for")],
     drafter: Annotated[str, typer.Option(help="the draft model (same vocabulary, or --cross-tokenizer)")],
     prompts: Annotated[str, typer.Option(help="documents whose beginnings are the prompts")] = "bundled:eval",
+    prompt_domain: Annotated[Optional[list[str]], typer.Option(help="only documents of this domain (repeatable), "
+                                                                      "e.g. code")] = None,
     k: Annotated[int, typer.Option(help="draft tokens per round")] = 4,
     num_prompts: int = 8,
     prompt_chars: int = 256,
@@ -230,8 +232,8 @@ def draft_check_cmd(
     from xtok.utils.io import default_output
 
     try:
-        cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts, "k": k,
-                                "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
+        cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts,
+                                "prompt_domains": prompt_domain or None, "k": k, "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
                                 "backend": backend, "cross_tokenizer": cross_tokenizer, "draft_vocab": draft_vocab}, "command line")
         out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)

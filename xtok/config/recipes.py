@@ -79,6 +79,7 @@ class DraftCheckConfig(Strict):
     target: str
     drafter: str
     prompts: str = Field("bundled:eval", description="documents whose beginnings are the prompts (held-out eval by default)")
+    prompt_domains: list[str] | None = Field(None, description="only documents of these domains (e.g. [code]); all by default")
     num_prompts: int = Field(8, ge=1)
     prompt_chars: int = Field(256, ge=1, description="characters of each document used as its prompt")
     k: int = Field(4, ge=1, description="draft tokens per round")

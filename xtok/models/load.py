@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import torch
 
 from xtok.models import catalogue as cat
-from xtok.models.convert import convert_gguf, extract_tokenizer, stale_reason
+from xtok.models.convert import MODEL_INFO_FILE, convert_gguf, extract_tokenizer, stale_reason
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,32 @@ def _current(folder: Path, marker: str, say_why: bool = True) -> bool:
     return why is None
 
 
+def _stored_dtype_differs(folder: Path, entry: cat.CatalogueModel, say_why: bool = True) -> bool:
+    try:
+        stored = json.loads((folder / MODEL_INFO_FILE).read_text(encoding="utf-8")).get("stored_dtype", "float32")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if stored != entry.store_dtype and say_why:
+        log.info("rebuilding %s: it stores %s, the catalogue asks for %s", folder, stored, entry.store_dtype)
+    return stored != entry.store_dtype
+
+
 def is_prepared(name: str, cache_dir: str | Path | None = None) -> bool:
     """Whether catalogue model ``name`` has a converted folder in the cache that the running versions built."""
-    return _current(catalogue_model_dir(name, cache_dir), "config.json", say_why=False)
+    folder = catalogue_model_dir(name, cache_dir)
+    return _current(folder, "config.json", say_why=False) and not _stored_dtype_differs(folder, cat.get_entry(name), False)
 
 
 def prepare(name: str, cache_dir: str | Path | None = None, *, force: bool = False) -> Path:
     """Convert catalogue model ``name`` into a verified HF folder in the cache, once (again when the build versions change)."""
     entry = cat.get_entry(name)
     out = catalogue_model_dir(name, cache_dir)
-    if not force and _current(out, "config.json"):
+    if not force and _current(out, "config.json") and not _stored_dtype_differs(out, entry):
         return out
     gguf = cat.gguf_file(entry, _cache(cache_dir))
     log.info("converting catalogue model %s (later runs reuse %s)", name, out)
-    return convert_gguf(gguf, out, overwrite=force or out.exists(), info={"catalogue_name": name, "sha256": entry.sha256})
+    return convert_gguf(gguf, out, overwrite=force or out.exists(), info={"catalogue_name": name, "sha256": entry.sha256},
+                        store_dtype=entry.store_dtype)
 
 
 def _check_folder(path: Path, need_model: bool) -> None:

@@ -15,17 +15,21 @@ from xtok.utils.io import provenance, write_json
 log = logging.getLogger(__name__)
 
 
-def corpus_prompts(spec: str, n: int, chars: int) -> list[str]:
-    """The first ``chars`` characters of ``n`` documents, taken round-robin across domains."""
-    ds = load_corpus(spec)
-    return prompts_in_turn(list(ds["text"]), list(ds["domain"]), n, chars)
+def corpus_prompts(spec: str, n: int, chars: int, domains: list[str] | None = None) -> list[str]:
+    """The first ``chars`` characters of ``n`` documents (of ``domains``, where given), taken round-robin across domains."""
+    ds = load_corpus(spec, domains=domains)
+    prompts = prompts_in_turn(list(ds["text"]), list(ds["domain"]), n, chars)
+    if len(prompts) < n:
+        raise ValueError(f"num_prompts={n} but {spec!r}{f' (domains {domains})' if domains else ''} holds only "
+                         f"{len(prompts)} documents; lower num_prompts or give more documents")
+    return prompts
 
 
 def run_draft_check(cfg: DraftCheckConfig, cache_dir: str | Path | None = None, out: str | Path | None = None,
                     progress: bool = False) -> dict:
     """Each backend gets what its registry entry ``takes``: loaded models, or model folders it loads itself."""
     backend = DRAFT_BACKENDS.get(cfg.backend)
-    prompts = corpus_prompts(cfg.prompts, cfg.num_prompts, cfg.prompt_chars)
+    prompts = corpus_prompts(cfg.prompts, cfg.num_prompts, cfg.prompt_chars, cfg.prompt_domains)
     if DRAFT_BACKENDS.meta(cfg.backend).get("takes") == "folders":
         target, drafter = resolve_model(cfg.target, cache_dir), resolve_model(cfg.drafter, cache_dir)
         tok, d_tok = load_tokenizer(target), load_tokenizer(drafter)
