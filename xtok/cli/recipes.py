@@ -233,7 +233,8 @@ def draft_check_cmd(
 
     try:
         cfg = config_from_dict({"recipe": "draft_check", "target": target, "drafter": drafter, "prompts": prompts,
-                                "prompt_domains": prompt_domain or None, "k": k, "num_prompts": num_prompts, "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
+                                "prompt_domains": prompt_domain or None, "k": k, "num_prompts": num_prompts,
+                                "prompt_chars": prompt_chars, "max_new_tokens": max_new_tokens,
                                 "backend": backend, "cross_tokenizer": cross_tokenizer, "draft_vocab": draft_vocab}, "command line")
         out = out or default_output("draft-check", [drafter])
         res = run_draft_check(cfg, State.cache_dir, out, progress=not as_json)
