@@ -150,6 +150,7 @@ def test_teacher_cache_is_keyed_on_temperature_and_stores_the_exact_tail(real_to
     at_2 = build_cache(folder, teacher, "t", blocks, 4, batch_size=2, temperature=2.0)  # another key: rebuilt
     again = build_cache(folder, None, "t", blocks, 4, temperature=2.0)  # reused: no teacher needed
     assert (at_1.temperature, at_2.temperature, again.temperature) == (1.0, 2.0, 2.0)
+    at_1, at_2, again = at_1.load(), at_2.load(), again.load()
     for name in ("logprobs", "ids", "tail"):
         assert torch.equal(getattr(again, name), getattr(at_2, name))
     with torch.no_grad():
@@ -273,3 +274,55 @@ def test_an_fsdp_launch_is_refused_before_any_model_loads(tmp_path, data_file, m
     with pytest.raises(ValueError, match=r"FSDP.*configs/accelerate/gpu_ddp\.yaml.*torchrun"):
         run_distill(cfg)
     assert not (tmp_path / "out").exists() and not partial_dir(tmp_path / "out").exists()
+
+
+def _rss_anon_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_teacher_cache_is_read_lazily_within_a_memory_budget(tmp_path):
+    """A cache of 4 shards (68 MB) read row by row in random order through the dataset: anonymous memory grows by
+    far less than one shard (17 MB; the old loader concatenated every shard), and every row read is the row
+    written."""
+    import gc
+
+    from safetensors.torch import save_file
+
+    from xtok.distill.teacher_cache import INDEX, cache_key, load_cache
+
+    n, t, k, per = 512, 128, 128, 128
+    blocks = torch.arange(n * t).view(n, t) % 1000
+    key = cache_key("synthetic", blocks, k)
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    shards, probes = [], {}
+    for i, s in enumerate(range(0, n, per)):
+        g = torch.Generator().manual_seed(i)
+        part = {"logprobs": torch.randn(per, t, k, generator=g), "ids": torch.randint(0, 1000, (per, t, k), generator=g,
+                                                                                        dtype=torch.int32),
+                "tail": torch.randn(per, t, generator=g)}
+        probes[s + 5] = {f: v[5].clone() for f, v in part.items()}
+        save_file(part, folder / f"s{i}.safetensors")
+        shards.append(f"s{i}.safetensors")
+        del part
+    (folder / INDEX).write_text(json.dumps({"key": key, "shards": shards}))
+    gc.collect()
+    before = _rss_anon_mb()
+    cache = load_cache(folder, key)
+    data = BlockDataset(blocks, cache)
+    peak = before
+    for i in torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist():
+        item = data[i]
+        if i in probes:
+            for f in ("logprobs", "ids", "tail"):
+                assert torch.equal(item[f"teacher_topk_{f}"], probes[i][f].to(item[f"teacher_topk_{f}"].dtype)), (i, f)
+        peak = max(peak, _rss_anon_mb())
+    assert cache.logprobs.shape == (n, t, k) and len(cache.ids) == n
+    assert peak - before < 8, f"reading the cache grew anonymous memory by {peak - before:.1f} MB"
+    with pytest.raises(IndexError):
+        cache.logprobs[n]
+    assert load_cache(folder, {**key, "top_k": 7}) is None  # another key: rebuilt

@@ -36,6 +36,8 @@ __all__ = ["ConversionError", "build_versions", "check_gguf_readable", "compare_
 CONVERTER_FORMAT = 2
 BUILD_PACKAGES = ("transformers", "tokenizers", "gguf")
 MODEL_INFO_FILE = "xtok_model.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STORED_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}  # safetensors' names
 PROBE_TEXT = (
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want "
     "of a wife.\ndef fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)\n1234 + 5678 = 6912. Où est la gare?"
@@ -179,9 +181,15 @@ def round_to_storage(model, dtype: torch.dtype) -> None:
 
 
 def _stored_as(folder: Path, dtype: str) -> None:
-    from xtok.models.load import SAFETENSORS_DTYPES, stored_tensors
+    from safetensors import safe_open
 
-    other = {n: d for n, (d, _) in stored_tensors(folder).items() if SAFETENSORS_DTYPES.get(d, dtype) != dtype}
+    other = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                d = f.get_slice(name).get_dtype()
+                if STORED_DTYPES.get(d, dtype) != dtype:
+                    other[name] = d
     if other:
         raise ConversionError(f"{folder} stores {len(other)} tensors in another dtype than {dtype}, e.g. {next(iter(other.items()))}")
 
@@ -195,8 +203,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, overwrite: bool 
     model in float32 (the same check as a float32 folder), and what the rounding itself moved (largest logit change,
     top-1 agreement on the probe, against the unrounded model) is recorded.
     """
-    from xtok.models.load import DTYPES
-
     if store_dtype not in DTYPES:
         raise ValueError(f"store_dtype {store_dtype!r} is not one of {', '.join(DTYPES)}")
     gguf_path = Path(gguf_path)

@@ -10,11 +10,10 @@ from pathlib import Path
 import torch
 
 from xtok.models import catalogue as cat
-from xtok.models.convert import MODEL_INFO_FILE, convert_gguf, extract_tokenizer, stale_reason
+from xtok.models.convert import DTYPES, MODEL_INFO_FILE, STORED_DTYPES, convert_gguf, extract_tokenizer, stale_reason
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -155,7 +154,7 @@ def load_model(spec: str | Path, cache_dir: str | Path | None = None, dtype: str
     return model, tokenizer
 
 
-SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+SAFETENSORS_DTYPES = STORED_DTYPES
 
 
 def stored_tensors(folder: str | Path) -> dict[str, tuple[str, tuple[int, ...]]]:
