@@ -6,7 +6,8 @@ the data fingerprint, k and the temperature; reused across epochs, stages and re
 when any of those change. Each shard is written as soon as the teacher has scored its
 sequences, and a cache is read lazily (``ShardedTopK``: one row at a time through
 ``safetensors.safe_open``), so neither building nor training holds more than a shard of it in
-memory. Log-probs are log_softmax(logits / temperature) over the full vocabulary and the tail is a logsumexp over the other tokens, so the loss's K+1 buckets are exact at that
+memory. Log-probs are log_softmax(logits / temperature) over the full vocabulary and the tail is a
+logsumexp over the other tokens, so the loss's K+1 buckets are exact at that
 temperature (a cache of another temperature is refused by the loss, see ``xtok.losses.kd``).
 """
 
