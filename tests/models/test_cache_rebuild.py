@@ -8,7 +8,7 @@ import pytest
 
 from xtok.models import catalogue as cat
 from xtok.models import load
-from xtok.models.convert import CONVERTER_FORMAT, build_versions, stale_reason
+from xtok.models.convert import CONVERTER_FORMAT, MODEL_INFO_FILE, build_versions, stale_reason
 from xtok.utils.io import PROVENANCE_FILE
 
 
@@ -67,13 +67,14 @@ def fake_converter(tmp_path, monkeypatch):
 
     calls = []
 
-    def fake_convert(gguf, out, *, overwrite=False, info=None):
+    def fake_convert(gguf, out, *, overwrite=False, info=None, store_dtype="float32"):
         calls.append(Path(out))
         out = Path(out)
         if out.exists() and not overwrite:
             raise FileExistsError(out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text("{}")
+        (out / MODEL_INFO_FILE).write_text(json.dumps({"stored_dtype": store_dtype}))
         write_provenance(out, None, step="convert_gguf", build=build_versions())
         return out
 
