@@ -34,7 +34,7 @@ from xtok.config import TransplantConfig  # noqa: E402
 from xtok.corpus import load_corpus  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.calibrate import calibration_texts  # noqa: E402
-from xtok.transplant.head_fit import final_states, fit_rows  # noqa: E402
+from xtok.transplant.head_fit import final_states, fit_rows, teacher_targets, token_windows  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
 from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[30000, 90000])
     ap.add_argument("--l2", type=float, nargs="+", default=[0.03, 0.1, 0.3])
     ap.add_argument("--iterations", type=int, default=30)
+    ap.add_argument("--teacher-weight", type=float, nargs="+", default=[0.0],
+                    help="the teacher's share of the fit's targets (0: hard next tokens only)")
+    ap.add_argument("--top-k", type=int, default=8, help="the teacher's tokens per position in the targets")
     ap.add_argument("--eval-docs", type=int, default=8)
     ap.add_argument("--eval-chars", type=int, default=6000)
     ap.add_argument("--val-docs", type=int, default=4)
@@ -114,31 +117,42 @@ def main() -> None:
     w0 = head.weight.detach().clone()
 
     t0 = time.perf_counter()
-    hidden, targets = final_states(model, tok, calibration_texts("bundled:train", max(args.tokens)), max(args.tokens))
+    windows = token_windows(tok, calibration_texts("bundled:train", max(args.tokens)), max(args.tokens))
+    hidden, targets = final_states(model, tok, [], max(args.tokens), windows=windows)
     result["features"] = {"positions": len(targets), "seconds": round(time.perf_counter() - t0, 1),
                           "tokens_per_second": round(len(targets) / (time.perf_counter() - t0), 1)}
     print(result["features"], flush=True)
+    soft = None
+    if any(a > 0 for a in args.teacher_weight):
+        teacher, _ = load_model(args.teacher)
+        t0 = time.perf_counter()
+        soft = teacher_targets(teacher, windows, max(args.tokens), args.top_k, w0.shape[0])
+        result["teacher_targets"] = {"top_k": args.top_k, "seconds": round(time.perf_counter() - t0, 1)}
+        del teacher
+        print(result["teacher_targets"], flush=True)
 
     val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
     val = {"transplanted (zero-shot)": public(score(model, tok, val_texts, val_domains))}
     fits = {}
-    for n in sorted(args.tokens):
-        for l2 in args.l2:
-            with PeakRSS() as mem:
-                t0 = time.perf_counter()
-                rows, ids, before, after = fit_rows(hidden[:n], targets[:n], w0, l2=l2, iterations=args.iterations)
-                seconds = time.perf_counter() - t0
-            with torch.no_grad():
-                head.weight.copy_(w0)
-                head.weight[ids] = rows
-            name = f"head fit ({n} positions, l2 {l2})"
-            fits[name] = (rows, ids)
-            val[name] = {**public(score(model, tok, val_texts, val_domains)), "fit_seconds": round(seconds, 1),
-                         "fit_peak_rss_gb": round(mem.peak / 2**30, 2), "rows_fitted": len(ids),
-                         "ce_before": round(before, 4), "ce_after": round(after, 4), "positions": n, "l2": l2}
-            print(name, {d: round(s["bits_per_byte"], 4) for d, s in val[name]["domains"].items()}, flush=True)
-            result["validation"] = val
-            write_json(args.out, result)
+    for n, l2, alpha in [(n, l2, a) for n in sorted(args.tokens) for l2 in args.l2 for a in args.teacher_weight]:
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            rows, ids, before, after = fit_rows(hidden[:n], targets[:n], w0, l2=l2, iterations=args.iterations,
+                                                soft=None if soft is None else (soft[0][:n], soft[1][:n]),
+                                                soft_weight=alpha)
+            seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            head.weight.copy_(w0)
+            head.weight[ids] = rows
+        name = f"head fit ({n} positions, l2 {l2}" + (f", teacher {alpha} top-{args.top_k})" if alpha else ")")
+        fits[name] = (rows, ids)
+        val[name] = {**public(score(model, tok, val_texts, val_domains)), "fit_seconds": round(seconds, 1),
+                     "fit_peak_rss_gb": round(mem.peak / 2**30, 2), "rows_fitted": len(ids),
+                     "ce_before": round(before, 4), "ce_after": round(after, 4), "positions": n, "l2": l2,
+                     "teacher_weight": alpha}
+        print(name, {d: round(s["bits_per_byte"], 4) for d, s in val[name]["domains"].items()}, flush=True)
+        result["validation"] = val
+        write_json(args.out, result)
 
     def overall(entry):  # every domain counts the same
         doms = entry["domains"].values()

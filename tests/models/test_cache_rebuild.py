@@ -103,3 +103,32 @@ def test_converted_model_without_build_versions_is_rebuilt(tmp_path, fake_conver
     assert "records no build versions" in stale_reason(out)
     load.resolve_model("smollm2-135m", tmp_path / "cache")
     assert fake_converter == [out] and stale_reason(out) is None
+
+
+def test_two_processes_preparing_one_model_convert_it_once(tmp_path, fake_converter, monkeypatch):
+    """A second caller that arrives while the first converts waits for it and reuses its folder (before the lock, the
+    second failed with 'output ... already exists' when `xtok models prepare` and a transplant ran side by side)."""
+    import threading
+    import time
+
+    convert = load.convert_gguf
+
+    def slow_convert(*args, **kwargs):
+        time.sleep(0.5)  # long enough for the other caller to find no folder and start too, without a lock
+        return convert(*args, **kwargs)
+
+    monkeypatch.setattr(load, "convert_gguf", slow_convert)
+    cache, results, errors = tmp_path / "cache", [], []
+
+    def call():
+        try:
+            results.append(load.prepare("smollm2-135m", cache))
+        except Exception as exc:  # noqa: BLE001 - the test reports any failure of either caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(fake_converter) == 1 and results == [load.catalogue_model_dir("smollm2-135m", cache)] * 2

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tests.conftest import build_tiny
 from tests.test_cli import xtok
 from xtok.transplant.apply import REPORT_FILE, transplant
-from xtok.transplant.head_fit import final_states, fit_head, fit_rows
+from xtok.transplant.head_fit import final_states, fit_head, fit_rows, teacher_targets, token_windows
 
 
 def _problem(seed=0, n=400, d=12, v=40, seen=15):
@@ -22,8 +22,10 @@ def _problem(seed=0, n=400, d=12, v=40, seen=15):
 
 def _reference_optimum(hidden, targets, w0, rows, l2):
     """The same convex problem written on the full softmax (F.cross_entropy), in float64, by Newton-free LBFGS run to
-    convergence: an independent formulation of what fit_rows solves with its cached logsumexp of the fixed rows."""
+    convergence: an independent formulation of what fit_rows solves with its cached logsumexp of the fixed rows.
+    ``targets`` are ids, or a dense (N, V) target distribution."""
     h, w0 = hidden.double(), w0.double()
+    targets = targets.double() if targets.is_floating_point() else targets
     delta = torch.zeros(len(rows), w0.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([delta], lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
                             history_size=20, line_search_fn="strong_wolfe")
@@ -56,6 +58,54 @@ def test_fit_rows_reaches_the_unique_optimum_of_the_full_softmax_problem():
     assert after < before - 0.1
 
 
+def _soft(seed, n, v, k):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(v, generator=g)[:k] for _ in range(n)])
+    return ids, torch.rand(n, k, generator=g).softmax(1)
+
+
+def test_fit_rows_with_soft_targets_reaches_the_optimum_of_the_mixed_target_problem():
+    """With teacher_weight a, the target is (1 - a) onehot(y) + a q: the reference is F.cross_entropy against that dense
+    distribution, with every row that either names free."""
+    hidden, targets, w0 = _problem(seed=2)
+    ids, probs = _soft(3, len(targets), w0.shape[0] // 2, 3)  # soft targets only among the first half of the rows
+    alpha = 0.6
+    fitted, rows, before, after = fit_rows(hidden, targets, w0, l2=0.05, iterations=200, chunk=128,
+                                           soft=(ids, probs), soft_weight=alpha)
+    assert torch.equal(rows, torch.unique(torch.cat([targets, ids.reshape(-1)])))
+    dense = (1 - alpha) * F.one_hot(targets, w0.shape[0]).double()
+    dense.scatter_add_(1, ids, alpha * probs.double())
+    torch.testing.assert_close(dense.sum(1), torch.ones(len(targets), dtype=torch.float64))
+    ref = _reference_optimum(hidden, dense, w0, rows, 0.05)
+    torch.testing.assert_close(fitted, ref, rtol=0, atol=2e-3)
+    w = w0.clone()
+    w[rows] = fitted
+    # the reported losses stay the hard next-token cross-entropy, whatever the mix
+    torch.testing.assert_close(torch.tensor(after), F.cross_entropy(hidden @ w.T, targets), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(before), F.cross_entropy(hidden @ w0.T, targets), rtol=1e-5, atol=1e-5)
+    # and the soft fit is not the hard one: the teacher's tokens pull their rows
+    hard, hard_rows, _, _ = fit_rows(hidden, targets, w0, l2=0.05, iterations=200, chunk=128)
+    assert len(hard_rows) < len(rows)
+
+
+def test_teacher_targets_are_the_teachers_renormalized_top_k(real_tokenizer):
+    qwen = real_tokenizer("qwen2.5-coder-0.5b")
+    teacher = build_tiny("qwen2", qwen, seed=4)
+    windows = token_windows(qwen, ["def f(x):\n    return x * 2\n", "a b", "x"], tokens=10_000)
+    assert [w.shape[1] >= 2 for w in windows] == [True, True]  # "x" is one token: no position, left out
+    ids, probs = teacher_targets(teacher, windows, 10_000, 5, vocab_rows=len(qwen))
+    with torch.no_grad():
+        logits = torch.cat([teacher(input_ids=w).logits[0, :-1, :len(qwen)] for w in windows])
+    p = logits.softmax(1)
+    top = p.topk(5, dim=1)
+    assert torch.equal(ids, top.indices) and ids.max() < len(qwen)
+    torch.testing.assert_close(probs, top.values / top.values.sum(1, keepdim=True), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="must be the model whose tokenizer was transplanted"):
+        teacher_targets(teacher, windows, 10_000, 5, vocab_rows=teacher.config.vocab_size + 1)
+    with pytest.raises(ValueError, match="top_k=0"):
+        teacher_targets(teacher, windows, 10_000, 0, vocab_rows=len(qwen))
+
+
 def test_a_stronger_pull_keeps_rows_nearer_their_start():
     hidden, targets, w0 = _problem(seed=1)
     moves = [float((fit_rows(hidden, targets, w0, l2=l2, iterations=100)[0] - w0[torch.unique(targets)]).norm())
@@ -69,6 +119,10 @@ def test_fit_rows_bad_input():
         fit_rows(hidden, targets, w0, l2=0, iterations=5)
     with pytest.raises(ValueError, match="iterations=0"):
         fit_rows(hidden, targets, w0, l2=0.1, iterations=0)
+    with pytest.raises(ValueError, match="teacher_weight=0.5 needs the teacher's targets"):
+        fit_rows(hidden, targets, w0, l2=0.1, iterations=5, soft_weight=0.5)
+    with pytest.raises(ValueError, match="teacher_weight=1.5 must be between 0"):
+        fit_rows(hidden, targets, w0, l2=0.1, iterations=5, soft=_soft(0, len(targets), 10, 2), soft_weight=1.5)
 
 
 def test_fit_head_on_a_transplant_changes_only_the_seen_rows_and_lowers_its_loss(real_tokenizer):
@@ -118,3 +172,13 @@ def test_transplant_cli_with_a_head_fit(tiny_model_dir, tmp_path):
                "--method", "omp", "--head-method", "omp", "--k", "4", "--head-fit-tokens", "300")
     assert res.returncode == 2 and "needs an untied head" in " ".join(res.stderr.split())
     assert not (tmp_path / "tied").exists()
+    # the teacher's distribution in the targets: more rows fitted than the text's next tokens name
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "soft"),
+               "--k", "4", "--head-fit-tokens", "300", "--head-fit-teacher-weight", "0.5")
+    assert res.returncode == 0, res.stderr
+    soft = json.loads((tmp_path / "soft" / REPORT_FILE).read_text())["head_fit"]
+    assert (soft["teacher_weight"], soft["top_k"]) == (0.5, 8) and soft["rows_fitted"] > fit["rows_fitted"]
+    assert soft["ce_before"] == pytest.approx(fit["ce_before"], abs=1e-4)  # the same transplant before the fit
+    res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "nofit"),
+               "--k", "4", "--head-fit-teacher-weight", "0.5")
+    assert res.returncode == 2 and "needs a head fit" in " ".join(res.stderr.split())

@@ -74,6 +74,8 @@ def transplant_cmd(
     alignment: Annotated[Optional[str], typer.Option(help="xtok align output, for --method tokalign / tokalign+omp")] = None,
     head_fit_tokens: Annotated[Optional[int], typer.Option(help="fit the head on the transplant's own hidden states "
                                                            "over N calibration positions [default: 0, off]")] = None,
+    head_fit_teacher_weight: Annotated[Optional[float], typer.Option(help="the teacher's share of the head fit's "
+                                                                   "targets (its top-k distribution) [default: 0]")] = None,
     max_coef_norm: Annotated[Optional[float], typer.Option(help="refuse new rows whose OMP coefficient norm (1 = no "
                                                            "cancellation) is above this: planted codes")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
@@ -86,6 +88,7 @@ def transplant_cmd(
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
              "out_dtype": out_dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
+             "head_fit_teacher_weight": head_fit_teacher_weight,
              "max_coef_norm": max_coef_norm, "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))

@@ -59,6 +59,9 @@ class TransplantConfig(Strict):
     head_fit_tokens: int = Field(0, ge=0, description="positions of calibration_data the head is fitted on (0: off)")
     head_fit_l2: float = Field(0.1, gt=0, description="head fit: pull of each fitted row to its transplanted row")
     head_fit_iterations: int = Field(30, ge=1, description="head fit: L-BFGS iterations")
+    head_fit_teacher_weight: float = Field(0.0, ge=0, le=1, description="head fit: the teacher's share of the targets "
+                                           "(its top-k next-token distribution; 0: the text's next tokens only)")
+    head_fit_top_k: int = Field(8, ge=1, description="head fit: the teacher's tokens per position in the targets")
     safety_z: float = Field(15.0, gt=0, description="safety scan: robust z-score against shared tokens past which a "
                             "new OMP row is flagged as a possibly planted code")
     max_coef_norm: float | None = Field(None, ge=1, description="refuse the transplant if a new row's OMP coefficient "
@@ -69,6 +72,10 @@ class TransplantConfig(Strict):
     def _methods_fit(self) -> TransplantConfig:
         check_methods(self.method, self.head_method, teacher_model=not self.teacher_tokenizer_only,
                       alignment=self.alignment is not None)  # the alignment's fallback is checked once it is loaded
+        if self.head_fit_teacher_weight > 0 and (self.teacher_tokenizer_only or not self.head_fit_tokens):
+            raise ValueError(f"head_fit_teacher_weight={self.head_fit_teacher_weight} needs a head fit "
+                             f"(head_fit_tokens > 0, given {self.head_fit_tokens}) and the teacher model "
+                             f"(teacher_tokenizer_only is {self.teacher_tokenizer_only}); set both or leave it at 0")
         return self
 
 

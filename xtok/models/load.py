@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,6 +42,20 @@ def _current(folder: Path, marker: str, say_why: bool = True) -> bool:
     return why is None
 
 
+def _build_once(out: Path, is_current: Callable[[], bool], build: Callable[[bool], object]) -> Path:
+    """The cached folder ``out``, built by ``build(overwrite)`` unless ``is_current()``; one process at a time (a file
+    lock beside it), so a process that waited for another's build finds that folder current and reuses it."""
+    from filelock import FileLock
+
+    if is_current():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.with_name(out.name + ".lock"))):
+        if not is_current():
+            build(out.exists())
+    return out
+
+
 def _stored_dtype_differs(folder: Path, entry: cat.CatalogueModel, say_why: bool = True) -> bool:
     try:
         stored = json.loads((folder / MODEL_INFO_FILE).read_text(encoding="utf-8")).get("stored_dtype", "float32")
@@ -61,12 +76,19 @@ def prepare(name: str, cache_dir: str | Path | None = None, *, force: bool = Fal
     """Convert catalogue model ``name`` into a verified HF folder in the cache, once (again when the build versions change)."""
     entry = cat.get_entry(name)
     out = catalogue_model_dir(name, cache_dir)
-    if not force and _current(out, "config.json") and not _stored_dtype_differs(out, entry):
-        return out
-    gguf = cat.gguf_file(entry, _cache(cache_dir))
-    log.info("converting catalogue model %s (later runs reuse %s)", name, out)
-    return convert_gguf(gguf, out, overwrite=force or out.exists(), info={"catalogue_name": name, "sha256": entry.sha256},
-                        store_dtype=entry.store_dtype)
+    forced = [force]  # a forced build happens once, also when another process built the folder meanwhile
+
+    def current() -> bool:
+        return not forced[0] and _current(out, "config.json") and not _stored_dtype_differs(out, entry)
+
+    def build(exists: bool) -> None:
+        gguf = cat.gguf_file(entry, _cache(cache_dir))
+        log.info("converting catalogue model %s (later runs reuse %s)", name, out)
+        convert_gguf(gguf, out, overwrite=exists, info={"catalogue_name": name, "sha256": entry.sha256},
+                     store_dtype=entry.store_dtype)
+        forced[0] = False
+
+    return _build_once(out, current, build)
 
 
 def _check_folder(path: Path, need_model: bool) -> None:
@@ -100,9 +122,8 @@ def resolve_model(spec: str | Path, cache_dir: str | Path | None = None) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist")
         out = _gguf_dir(path, cache_dir)
-        if not _current(out, "config.json"):
-            convert_gguf(path, out, overwrite=out.exists())
-        return str(out)
+        return str(_build_once(out, lambda: _current(out, "config.json"),
+                               lambda exists: convert_gguf(path, out, overwrite=exists)))
     if path.exists():
         raise ValueError(f"{path} is neither a model folder nor a .gguf file")
     if spec_s.count("/") == 1 and not spec_s.startswith((".", "/", "~")):
@@ -120,9 +141,8 @@ def resolve_tokenizer(spec: str | Path, cache_dir: str | Path | None = None) -> 
         if is_prepared(spec_s, cache_dir):
             return str(catalogue_model_dir(spec_s, cache_dir))
         out = _cache(cache_dir) / "tokenizers" / spec_s
-        if not _current(out, "tokenizer_config.json"):
-            extract_tokenizer(cat.gguf_file(cat.get_entry(spec_s), _cache(cache_dir)), out, overwrite=out.exists())
-        return str(out)
+        return str(_build_once(out, lambda: _current(out, "tokenizer_config.json"), lambda exists: extract_tokenizer(
+            cat.gguf_file(cat.get_entry(spec_s), _cache(cache_dir)), out, overwrite=exists)))
     path = Path(spec_s).expanduser()
     if path.is_dir():
         _check_folder(path, need_model=False)
@@ -132,9 +152,8 @@ def resolve_tokenizer(spec: str | Path, cache_dir: str | Path | None = None) -> 
         if _current(out, "config.json", say_why=False):
             return str(out)
         tok_out = out.with_name(out.name + "-tokenizer")
-        if not _current(tok_out, "tokenizer_config.json"):
-            extract_tokenizer(path, tok_out, overwrite=tok_out.exists())
-        return str(tok_out)
+        return str(_build_once(tok_out, lambda: _current(tok_out, "tokenizer_config.json"),
+                               lambda exists: extract_tokenizer(path, tok_out, overwrite=exists)))
     return resolve_model(spec_s, cache_dir)
 
 

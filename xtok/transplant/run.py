@@ -58,7 +58,9 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     if runs_models:
         load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
     # the student's folder, and the teacher's where its embeddings are read (catalogue models converted once, here)
-    folders = [resolve_model(cfg.student, cache_dir)] + ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model else [])
+    teacher_runs = cfg.head_fit_teacher_weight > 0  # the head fit's soft targets: the teacher's forward passes
+    folders = [resolve_model(cfg.student, cache_dir)] + \
+        ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model or teacher_runs else [])
     if not runs_models and all(any(Path(f).glob("*.safetensors")) for f in folders):
         return out, _run_streaming(cfg, out, alignment, folders, cache_dir, progress)  # no model runs: stream them
     check_memory(folders)
@@ -67,7 +69,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         raise ValueError(f"head_fit_tokens={cfg.head_fit_tokens} needs an untied head, but {cfg.student} ties its head to "
                          f"its input embeddings and both use {cfg.method}; give a head method of its own (subword-prior)")
     teacher_model = None
-    if needs.teacher_model:
+    if len(folders) > 1:
         teacher_model, teacher_tok = load_model(folders[1], cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
@@ -79,7 +81,9 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
-    del student, teacher_model
+    del student
+    if not teacher_runs:
+        teacher_model = None
     gc.collect()
     if cfg.head_fit_tokens:
         from xtok.transplant.calibrate import calibration_texts
@@ -87,7 +91,9 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
 
         texts = calibration_texts(cfg.calibration_data, cfg.head_fit_tokens)
         report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
-                                      iterations=cfg.head_fit_iterations)
+                                      iterations=cfg.head_fit_iterations, teacher=teacher_model,
+                                      teacher_weight=cfg.head_fit_teacher_weight, top_k=cfg.head_fit_top_k)
+        del teacher_model
         report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
     report["dtype"] = stored_dtype(folders[0]) if cfg.out_dtype == "source" else cfg.out_dtype
     save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite, dtype=report["dtype"])
