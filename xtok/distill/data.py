@@ -5,13 +5,24 @@ Each document is preceded by the tokenizer's start token (BOS, else EOS: the sam
 partial block is dropped. Every position is a target (no padding), so a block is ``labels =
 input_ids``. A teacher's top-k log-probs for these blocks can be cached once
 (``xtok.distill.teacher_cache``) and joined to them by block index.
+
+The blocks of a run are written as they are made to one flat int32 file in the run folder (the
+layout of Megatron's and nanoGPT's token ``.bin`` files) and memory-mapped from there: a corpus is
+read a batch of documents at a time and its blocks are pages of that file, read on demand, so
+memory does not grow with the corpus. They are still an ordinary (N, seq_len) tensor to every
+reader (teacher cache, chunks, the Trainer's dataset).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from xtok.config import DataConfig
@@ -23,38 +34,110 @@ from xtok.vocab.identity import start_token_id
 log = logging.getLogger(__name__)
 
 
-def pack_documents(tokenizer, texts: list[str], seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
-    """(N, seq_len) long: the documents' token stream, each as ``start, tokens..., eos``, cut into blocks."""
+BLOCKS_FILE, BLOCKS_INFO = "blocks.int32", "blocks.json"
+DOCUMENT_BATCH = 64  # documents tokenized at a time: what packing holds in memory (measured: 256 long ones held 38 MB)
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def pack_documents(tokenizer, texts: Iterable[str], seq_len: int, max_sequences: int | None = None,
+                   path: str | Path | None = None) -> torch.Tensor:
+    """(N, seq_len) int32: the documents' token stream, each as ``start, tokens..., eos``, cut into blocks.
+
+    With ``path`` the blocks go to that file as they are made (through a temporary sibling renamed into place) and
+    the tensor returned maps it; ``texts`` is read ``DOCUMENT_BATCH`` documents at a time either way."""
     if seq_len < 2:
         raise ValueError(f"seq_len={seq_len} must be at least 2")
     start, eos = start_token_id(tokenizer), tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; set tokenizer.eos_token so documents can be separated")
-    stream: list[int] = []
-    need = None if max_sequences is None else max_sequences * seq_len
-    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend([start, *ids, eos])
-        if need is not None and len(stream) >= need:
-            break
-    n = len(stream) // seq_len
-    if max_sequences is not None:
-        n = min(n, max_sequences)
-    if n == 0:
-        raise ValueError(f"the training data gives {len(stream)} tokens, less than one sequence of seq_len={seq_len}; "
-                         "give more documents or lower seq_len")
-    return torch.tensor(stream[: n * seq_len], dtype=torch.long).view(n, seq_len)
+    if len(tokenizer) > np.iinfo(np.int32).max:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than int32 blocks hold")
+    path = None if path is None else Path(path)
+    tmp = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    sink = [] if path is None else open(tmp, "wb")  # noqa: SIM115 - closed below, removed on any failure
+    n, tokens, carry = 0, 0, np.empty(0, dtype=np.int32)
+    try:
+        for batch in _batches(texts, DOCUMENT_BATCH):
+            docs = [np.asarray([start, *ids, eos], dtype=np.int32)
+                    for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]]
+            tokens += sum(len(d) for d in docs)
+            stream = np.concatenate([carry, *docs])
+            whole = len(stream) // seq_len if max_sequences is None else min(len(stream) // seq_len, max_sequences - n)
+            if path is None:
+                sink.append(stream[: whole * seq_len])
+            else:
+                sink.write(stream[: whole * seq_len].tobytes())
+            n, carry = n + whole, stream[whole * seq_len:]
+            if max_sequences is not None and n >= max_sequences:
+                break
+        if n == 0:
+            raise ValueError(f"the training data gives {tokens} tokens, less than one sequence of seq_len={seq_len}; "
+                             "give more documents or lower seq_len")
+        if path is None:
+            return torch.from_numpy(np.concatenate(sink)).view(n, seq_len)
+        sink.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if path is not None:
+            sink.close()
+            tmp.unlink(missing_ok=True)
+        raise
+    return torch.from_file(str(path), shared=False, size=n * seq_len, dtype=torch.int32).view(n, seq_len)
 
 
-def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: int | None = None) -> torch.Tensor:
+def _corpus_texts(ds) -> Iterator[str]:
+    for batch in ds.iter(batch_size=DOCUMENT_BATCH):
+        yield from batch["text"]
+
+
+def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: int | None = None,
+                    folder: str | Path | None = None) -> torch.Tensor:
+    """The run's blocks: packed from ``data`` (into ``folder``'s block file, memory-mapped, when given; a file that an
+    earlier start of the same run packed from the same data and tokenizer is reused)."""
+    from xtok.vocab.identity import vocab_fingerprint
+
     ds = load_corpus(data.spec, domains=data.domains, max_docs_per_domain=data.max_docs_per_domain,
                      max_chars_per_doc=data.max_chars_per_doc)
-    blocks = pack_documents(tokenizer, list(ds["text"]), seq_len, max_sequences)
+    key = {"data": data.model_dump(mode="json"), "corpus": ds._fingerprint, "seq_len": seq_len,
+           "max_sequences": max_sequences, "tokenizer": vocab_fingerprint(tokenizer)}  # corpus: datasets' own digest
+    if folder is not None:
+        folder = Path(folder)
+        info = folder / BLOCKS_INFO
+        if info.is_file() and (folder / BLOCKS_FILE).is_file():
+            saved = json.loads(info.read_text(encoding="utf-8"))
+            if saved.get("key") == key:
+                n = saved["sequences"]
+                log.info("training data: %d sequences of %d tokens, packed earlier in %s", n, seq_len, folder)
+                return torch.from_file(str(folder / BLOCKS_FILE), shared=False, size=n * seq_len,
+                                       dtype=torch.int32).view(n, seq_len)
+        folder.mkdir(parents=True, exist_ok=True)
+        info.unlink(missing_ok=True)  # the key goes last: a file without it is never reused
+    blocks = pack_documents(tokenizer, _corpus_texts(ds), seq_len, max_sequences,
+                            None if folder is None else folder / BLOCKS_FILE)
+    if folder is not None:
+        tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "sequences": len(blocks)}), encoding="utf-8")
+        os.replace(tmp, info)
     log.info("training data: %d documents -> %d sequences of %d tokens", len(ds), len(blocks), seq_len)
     return blocks
 
 
-def blocks_fingerprint(blocks: torch.Tensor) -> str:
-    return hashlib.sha256(blocks.numpy().tobytes()).hexdigest()[:16]
+def blocks_fingerprint(blocks: torch.Tensor, rows: int = 4096) -> str:
+    """A digest of the blocks' token ids (as int64, whatever their stored dtype), read ``rows`` blocks at a time."""
+    h = hashlib.sha256()
+    for s in range(0, len(blocks), rows):
+        h.update(blocks[s: s + rows].to(torch.int64).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def teacher_tokenization(student_tok, teacher_tok, blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +178,7 @@ class BlockDataset(torch.utils.data.Dataset):
         return len(self.blocks)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ids = self.blocks[i]
+        ids = self.blocks[i].long()
         item = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
         if self.topk is not None:
             item["teacher_topk_logprobs"] = self.topk.logprobs[i].float()

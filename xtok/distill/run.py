@@ -214,7 +214,8 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
             check_tokenizers(tokenizer, teacher_tok, cfg.student, cfg.teacher)
     run = _open_run(cfg, out, state)
     t0 = time.perf_counter()
-    blocks = training_blocks(tokenizer, cfg.data, cfg.seq_len, cfg.max_sequences)
+    with state.main_process_first():  # the main process packs the blocks file, the others map it
+        blocks = training_blocks(tokenizer, cfg.data, cfg.seq_len, cfg.max_sequences, run / "data")
     topk = teacher_tokens = chunks = None
     if teacher_spec is not None:
         teacher, _ = load_model(teacher_spec)

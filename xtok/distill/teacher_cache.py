@@ -48,7 +48,7 @@ def teacher_topk(teacher, blocks: torch.Tensor, k: int, batch_size: int = 4, tem
     with tqdm(total=n, desc="teacher cache", unit="seq", disable=not progress or bar is not None) as own:
         bar = bar if bar is not None else own
         for s in range(0, n, batch_size):
-            batch = blocks[s : s + batch_size]
+            batch = blocks[s : s + batch_size].long()
             logits = teacher(input_ids=batch, attention_mask=torch.ones_like(batch)).logits  # (b, T, V)
             top = teacher_topk_from_logits(logits, k, temperature)
             rows = slice(s, s + len(batch))
