@@ -114,10 +114,15 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/xtok-bench-scale"))
     ap.add_argument("--keep", action="store_true", help="keep the synthetic model and the output")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/scale.json")
+    ap.add_argument("--real-student", default=None, help="transplant this catalogue model instead of a synthetic one "
+                    "(e.g. qwen2.5-coder-1.5b with --teacher smollm2-135m)")
     args = ap.parse_args()
 
     if args.workdir.exists():
         shutil.rmtree(args.workdir)
+    if args.real_student:
+        real_student(args)
+        return
     student, out, copy = args.workdir / "student", args.workdir / "transplanted", args.workdir / "plain-copy"
     tok = load_tokenizer(args.tokenizer)
     synthetic = write_synthetic(student, args, tok)
@@ -126,37 +131,66 @@ def main() -> None:
     copy_seconds = plain_copy(student, copy)
     shutil.rmtree(copy)
     print(f"plain shard copy: {copy_seconds}s", flush=True)
-    command = [sys.executable, "-m", "xtok", "transplant", "--student", str(student), "--teacher", args.teacher,
-               "--head-method", "omp", "--out", str(out)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode != 0:
-        sys.exit(f"the transplant failed:\n{proc.stderr[-3000:]}")
-    report = json.loads((out / "transplant_report.json").read_text())
-    rows_seconds = sum(s["seconds"] for s in report["spaces"].values())
-    teacher_rows = report["vocab_rows"]
+    command, transplant = measure_transplant(str(student), args.teacher, out)
     result = {
         "machine": machine_info(), "packages": package_versions(),
         "command": "python scripts/bench_scale.py " + " ".join(sys.argv[1:]),
-        "transplant_command": " ".join(["xtok"] + command[3:]),
+        "transplant_command": command,
         "load": "nothing else running",
         "synthetic_student": synthetic,
-        "transplant": {"wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_kb / 2**20, 2),
-                       "rows_seconds": round(rows_seconds, 1), "report_seconds": report["seconds"],
-                       "streamed": report.get("streamed", False), "dtype": report.get("dtype"),
-                       "output_bytes": sum(p.stat().st_size for p in out.glob("*.safetensors")),
-                       "spaces": {k: {"seconds": v["seconds"], "approximated": v["approximated"],
-                                      "safety_flagged": v.get("safety", {}).get("flagged")}
-                                  for k, v in report["spaces"].items()}},
+        "transplant": transplant,
         "plain_shard_copy_seconds": copy_seconds,
-        "check": check_output(out, teacher_rows),
+        "check": check_output(out, transplant["vocab_rows"]),
     }
+    if args.out.is_file():  # keep the real-student record of an earlier --real-student run
+        earlier = json.loads(args.out.read_text())
+        result.update({k: v for k, v in earlier.items() if k == "real_student"})
     write_json(args.out, result)
     t = result["transplant"]
     print(f"transplant: {t['wall_seconds']}s wall ({t['rows_seconds']}s computing rows, plain copy {copy_seconds}s), "
           f"peak RSS {t['peak_rss_gb']} GB -> {args.out}")
+    if not args.keep:
+        shutil.rmtree(args.workdir)
+
+
+def measure_transplant(student: str, teacher: str, out: Path) -> tuple[str, dict]:
+    """``xtok transplant`` (OMP both spaces: streamed) in a child process: its command and wall time, peak RSS, report."""
+    command = [sys.executable, "-m", "xtok", "transplant", "--student", student, "--teacher", teacher,
+               "--head-method", "omp", "--out", str(out)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far: run one per process
+    if proc.returncode != 0:
+        sys.exit(f"the transplant failed:\n{proc.stderr[-3000:]}")
+    report = json.loads((out / "transplant_report.json").read_text())
+    return " ".join(["xtok"] + command[3:]), {
+        "wall_seconds": round(wall, 1), "peak_rss_gb": round(peak_kb / 2**20, 2),
+        "rows_seconds": round(sum(s["seconds"] for s in report["spaces"].values()), 1),
+        "report_seconds": report["seconds"], "streamed": report.get("streamed", False), "dtype": report.get("dtype"),
+        "vocab_rows": report["vocab_rows"], "tokens": report.get("tokens"),
+        "output_bytes": sum(p.stat().st_size for p in out.glob("*.safetensors")),
+        "spaces": {k: {"seconds": v["seconds"], "approximated": v["approximated"],
+                       "safety_flagged": v.get("safety", {}).get("flagged")} for k, v in report["spaces"].items()}}
+
+
+def real_student(args) -> None:
+    """The real catalogue model ``--real-student`` given ``--teacher``'s tokenizer, recorded under ``real_student`` in
+    the JSON (the synthetic record kept)."""
+    from xtok.models.load import resolve_model
+
+    folder = Path(resolve_model(args.real_student))
+    out = args.workdir / "real-transplanted"
+    command, transplant = measure_transplant(args.real_student, args.teacher, out)
+    result = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    result["real_student"] = {
+        "machine": machine_info(), "command": "python scripts/bench_scale.py " + " ".join(sys.argv[1:]),
+        "transplant_command": command, "load": "nothing else running", "student": args.real_student,
+        "student_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors")), "teacher": args.teacher,
+        "transplant": transplant, "check": check_output(out, transplant["vocab_rows"])}
+    write_json(args.out, result)
+    t = transplant
+    print(f"{args.real_student} <- {args.teacher}: {t['wall_seconds']}s wall, peak RSS {t['peak_rss_gb']} GB -> {args.out}")
     if not args.keep:
         shutil.rmtree(args.workdir)
 

@@ -75,7 +75,7 @@ def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file
     assert report["loss"] == loss and report["stages"][0]["steps"] == 3 and report["stages"][0]["train_loss"] > 0
     d = before.get_input_embeddings().weight.shape[1]
     want_params = sum(int(rows[s].sum()) * d for s in spaces)  # the untied pair: one matrix per space
-    assert report["stages"][0]["trainable_parameters"] == want_params
+    assert report["stages"][0]["trainable_parameters"] == want_params and report["stages"][0]["optimizer"] == "RowAdam"
     curve = json.loads((out / CURVE_FILE).read_text())
     assert [p["step"] for p in curve] == [0, 2, 3] and set(curve[0]["bits_per_byte"]) == {"code", "prose"}
     assert curve[0]["tokens"] == 0 and curve[-1]["tokens"] == 3 * 2 * 16

@@ -119,7 +119,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
-    model, trainable, n_train = prepare_stage(model, stage, rows)
+    model, trainable, n_train, trained_rows = prepare_stage(model, stage, rows)
     log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
              stage.steps)
     args = _training_args(cfg, stage, folder, progress)
@@ -127,6 +127,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
                              sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
+                             trained_rows=trained_rows,
                              callbacks=list(callbacks) + ([budget] if budget is not None else []))
     if not progress:  # quiet as a library: the losses are in the returned log_history
         trainer.remove_callback(PrinterCallback)
@@ -138,11 +139,13 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     seconds = time.perf_counter() - t0
     steps_done = trainer.state.global_step - (int(Path(ckpt).name.split("-")[-1]) if ckpt else 0)
     tokens = steps_done * cfg.batch_size * cfg.grad_accum * cfg.seq_len * state.num_processes
+    optimizer_name = type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__  # accelerate wraps it
     summary = {
         "stage": stage_name(i, stage), "train": stage.train, "steps": trainer.state.global_step,
         "steps_planned": stage.steps, "stopped_by_budget": bool(budget is not None and budget.hit),
         "trainable_tensors": len(trainable),
-        "trainable_parameters": n_train, "train_loss": result.training_loss, "seconds": round(seconds, 2),
+        "trainable_parameters": n_train, "optimizer": optimizer_name,
+        "train_loss": result.training_loss, "seconds": round(seconds, 2),
         "tokens_per_second": tokens / seconds if seconds else None, "resumed_from": ckpt and Path(ckpt).name,
         "log_history": trainer.state.log_history,
     }

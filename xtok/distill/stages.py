@@ -6,8 +6,8 @@ match is how TokAlign's stage 1 froze the Llama head by accident); tied weights 
 Stage 2 trains everything, or LoRA adapters (peft) that are merged back when the stage ends.
 A ``new_rows`` stage (healing a transplant) trains only the rows the transplant made, of the input
 embeddings (default) and/or the head (``row_spaces``): the rows of tokens the original model lacks, and the
-shared rows it changed; the other rows' gradients are zeroed, so Adam leaves them exactly as they are (its
-weight decay must be 0).
+shared rows it changed; the other rows' gradients are zeroed and ``RowAdam`` keeps moments for the trained rows
+only, so the other rows stay exactly as they are (its weight decay must be 0).
 """
 
 from __future__ import annotations
@@ -78,14 +78,15 @@ def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Te
     return out
 
 
-def restrict_rows(model, rows: dict[str, torch.Tensor]) -> int:
+def restrict_rows(model, rows: dict[str, torch.Tensor]) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """Zero the gradient of every embedding and head row not in ``rows`` (masks from ``changed_rows``); a tied
-    matrix trains the union of its two masks. Returns the number of parameters left to train."""
+    matrix trains the union of its two masks (the gradient norm, and so clipping, sees only the trained rows).
+    Returns each matrix with the ids of its rows that train, for ``RowAdam``."""
     masks = _row_masks(model, rows)
     for p, mask in masks.values():
         keep = mask[:, None]
         p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
-    return sum(int(mask.sum()) * p.shape[1] for p, mask in masks.values())
+    return [(p, mask.nonzero()[:, 0]) for p, mask in masks.values()]
 
 
 def _row_masks(model, rows: dict[str, torch.Tensor]) -> dict[int, tuple[torch.nn.Parameter, torch.Tensor]]:
@@ -104,9 +105,10 @@ def _row_masks(model, rows: dict[str, torch.Tensor]) -> dict[int, tuple[torch.nn
     return masks
 
 
-def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str], int]:
-    """The model to train in ``stage`` (a StageConfig), the names of its trainable parameters and how many parameters
-    train (a ``new_rows`` stage: only its rows' entries; it needs the ``rows`` masks from ``changed_rows``)."""
+def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str], int, list | None]:
+    """The model to train in ``stage`` (a StageConfig), the names of its trainable parameters, how many parameters
+    train (a ``new_rows`` stage: only its rows' entries; it needs the ``rows`` masks from ``changed_rows``) and, for a
+    ``new_rows`` stage, each matrix with its trained row ids (for ``RowAdam``; None for the other stages)."""
     if stage.train == "new_rows":
         if rows is None:
             raise ValueError("a new_rows stage trains the rows a transplant made: set original (the model it was "
@@ -116,10 +118,15 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         names = select_trainable(model, "embeddings")
         # a tied matrix is both spaces: it trains the rows of the spaces asked for
         keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
-        return model, names, restrict_rows(model, keep)
+        trained = [(p, ids) for p, ids in restrict_rows(model, keep) if len(ids)]
+        for p in embedding_parameters(model):
+            if all(p is not q for q, _ in trained):  # a matrix none of whose rows train: frozen, no gradient at all
+                p.requires_grad_(False)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        return model, names, sum(len(ids) * p.shape[1] for p, ids in trained), trained
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
     else:
         names = select_trainable(model, stage.train)
-    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad)  # parameters(): tied once
+    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad), None  # parameters(): tied once

@@ -46,8 +46,10 @@ class DistillTrainer(Trainer):
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
-                 sample_temperature: float = 1.0, fused_head: bool = False, **kwargs):
+                 sample_temperature: float = 1.0, fused_head: bool = False,
+                 trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.trained_rows = trained_rows  # a new_rows stage: RowAdam over these rows replaces the Trainer's optimizer
         if not 0.0 <= on_policy <= 1.0:
             raise ValueError(f"on_policy={on_policy} is a probability (GKD's lambda); use a value in [0, 1]")
         if on_policy and teacher is None:
@@ -69,6 +71,18 @@ class DistillTrainer(Trainer):
         self.loss_is_scaled_for_ga = True
         # uld aligns whole sequences of two tokenizations: it takes the full logits
         self.fused_head = fused_head and LOSSES.meta(loss).get("same_vocab", True)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, except in a ``new_rows`` stage: ``RowAdam`` with the Trainer's learning rate,
+        betas and epsilon, its moments only for the trained rows (``args.optim`` does not apply there)."""
+        if self.trained_rows is None:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            from xtok.distill.row_adam import RowAdam
+
+            self.optimizer = RowAdam(self.trained_rows, lr=self.args.learning_rate,
+                                     betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+        return self.optimizer
 
     def _coin(self) -> bool:
         """Whether this optimizer step is on-policy; a function of (seed, step), so a resumed run draws the same."""
