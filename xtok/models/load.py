@@ -15,6 +15,7 @@ from xtok.models.convert import DTYPES, MODEL_INFO_FILE, STORED_DTYPES, convert_
 
 log = logging.getLogger(__name__)
 
+LOCKS_DIR = ".locks"  # in a cache folder: the build locks of its entries
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
@@ -44,13 +45,15 @@ def _current(folder: Path, marker: str, say_why: bool = True) -> bool:
 
 def _build_once(out: Path, is_current: Callable[[], bool], build: Callable[[bool], object]) -> Path:
     """The cached folder ``out``, built by ``build(overwrite)`` unless ``is_current()``; one process at a time (a file
-    lock beside it), so a process that waited for another's build finds that folder current and reuses it."""
+    lock in ``.locks`` beside it, kept: removing a lock file while another process waits on it breaks the lock), so
+    a process that waited for another's build finds that folder current and reuses it."""
     from filelock import FileLock
 
     if is_current():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out.with_name(out.name + ".lock"))):
+    locks = out.parent / LOCKS_DIR
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"{out.name}.lock")):
         if not is_current():
             build(out.exists())
     return out
