@@ -69,3 +69,24 @@ def test_row_adam_bad_input():
         RowAdam([(w, torch.tensor([0]))])
     with pytest.raises(ValueError, match="lr=-1"):
         RowAdam([(torch.nn.Parameter(torch.zeros(2, 2)), torch.tensor([0]))], lr=-1)
+
+
+def test_prepare_stage_gives_row_adam_its_rows_and_freezes_a_matrix_without_any(real_tokenizer):
+    from types import SimpleNamespace
+
+    from tests.conftest import build_tiny
+    from xtok.distill.stages import prepare_stage
+
+    model = build_tiny("llama", real_tokenizer("smollm2-135m"), tie_word_embeddings=False)
+    v = model.get_input_embeddings().weight.shape[0]
+    masks = {"input": torch.zeros(v, dtype=torch.bool), "output": torch.zeros(v, dtype=torch.bool)}
+    masks["input"][[5, 9]] = True
+    masks["output"][[1]] = True
+    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["input"])
+    model, names, n, trained = prepare_stage(model, stage, masks)
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert len(trained) == 1 and trained[0][0] is emb and trained[0][1].tolist() == [5, 9]
+    assert n == 2 * emb.shape[1] and emb.requires_grad and not head.requires_grad and names == ["model.embed_tokens.weight"]
+    none = {k: torch.zeros_like(m) for k, m in masks.items()}
+    with pytest.raises(ValueError, match=r"no row to train in \['input'\]"):
+        prepare_stage(build_tiny("llama", real_tokenizer("smollm2-135m"), tie_word_embeddings=False), stage, none)

@@ -119,6 +119,9 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         # a tied matrix is both spaces: it trains the rows of the spaces asked for
         keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
         trained = [(p, ids) for p, ids in restrict_rows(model, keep) if len(ids)]
+        if not trained:
+            raise ValueError(f"the new_rows stage has no row to train in {list(stage.row_spaces)}: the model's rows "
+                             "there equal its original's; train another space (row_spaces) or use another stage")
         for p in embedding_parameters(model):
             if all(p is not q for q, _ in trained):  # a matrix none of whose rows train: frozen, no gradient at all
                 p.requires_grad_(False)
