@@ -118,7 +118,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     windows = token_windows(tok, calibration_texts("bundled:train", max(args.tokens)), max(args.tokens))
-    hidden, targets = final_states(model, tok, [], max(args.tokens), windows=windows)
+    hidden, targets = final_states(model, windows, max(args.tokens))
     result["features"] = {"positions": len(targets), "seconds": round(time.perf_counter() - t0, 1),
                           "tokens_per_second": round(len(targets) / (time.perf_counter() - t0), 1)}
     print(result["features"], flush=True)

@@ -133,7 +133,7 @@ def test_fit_head_on_a_transplant_changes_only_the_seen_rows_and_lowers_its_loss
     texts = ["def add(a, b):\n    return a + b\n" * 8, "The cat sat on the mat, and the dog sat by the door. " * 6]
     before_w = model.get_output_embeddings().weight.detach().clone()
     inputs = model.get_input_embeddings().weight.detach().clone()
-    hidden, targets = final_states(model, qwen, texts, tokens=10_000)
+    hidden, targets = final_states(model, token_windows(qwen, texts, tokens=10_000), tokens=10_000)
     ce_model_before = float(F.cross_entropy(hidden @ before_w.T, targets))
     report = fit_head(model, qwen, texts, tokens=10_000, l2=0.1, iterations=20)
     after_w = model.get_output_embeddings().weight.detach()

@@ -92,6 +92,11 @@ def pack_documents(tokenizer, texts: Iterable[str], seq_len: int, max_sequences:
             sink.close()
             tmp.unlink(missing_ok=True)
         raise
+    return _map_blocks(path, n, seq_len)
+
+
+def _map_blocks(path: Path, n: int, seq_len: int) -> torch.Tensor:
+    """The (n, seq_len) int32 blocks of ``path``, memory-mapped (copy-on-write: the file is never written)."""
     return torch.from_file(str(path), shared=False, size=n * seq_len, dtype=torch.int32).view(n, seq_len)
 
 
@@ -118,8 +123,7 @@ def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: in
             if saved.get("key") == key:
                 n = saved["sequences"]
                 log.info("training data: %d sequences of %d tokens, packed earlier in %s", n, seq_len, folder)
-                return torch.from_file(str(folder / BLOCKS_FILE), shared=False, size=n * seq_len,
-                                       dtype=torch.int32).view(n, seq_len)
+                return _map_blocks(folder / BLOCKS_FILE, n, seq_len)
         folder.mkdir(parents=True, exist_ok=True)
         info.unlink(missing_ok=True)  # the key goes last: a file without it is never reused
     blocks = pack_documents(tokenizer, _corpus_texts(ds), seq_len, max_sequences,

@@ -79,17 +79,14 @@ def prepare(name: str, cache_dir: str | Path | None = None, *, force: bool = Fal
     """Convert catalogue model ``name`` into a verified HF folder in the cache, once (again when the build versions change)."""
     entry = cat.get_entry(name)
     out = catalogue_model_dir(name, cache_dir)
-    forced = [force]  # a forced build happens once, also when another process built the folder meanwhile
-
-    def current() -> bool:
-        return not forced[0] and _current(out, "config.json") and not _stored_dtype_differs(out, entry)
+    def current() -> bool:  # forced: never, so the build runs once under the lock
+        return not force and _current(out, "config.json") and not _stored_dtype_differs(out, entry)
 
     def build(exists: bool) -> None:
         gguf = cat.gguf_file(entry, _cache(cache_dir))
         log.info("converting catalogue model %s (later runs reuse %s)", name, out)
         convert_gguf(gguf, out, overwrite=exists, info={"catalogue_name": name, "sha256": entry.sha256},
                      store_dtype=entry.store_dtype)
-        forced[0] = False
 
     return _build_once(out, current, build)
 

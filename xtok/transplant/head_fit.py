@@ -79,11 +79,9 @@ def token_windows(tok, texts: list[str], tokens: int, max_len: int = 1024) -> li
     return windows
 
 
-def final_states(model, tok, texts: list[str], tokens: int, max_len: int = 1024, *,
-                 windows: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(final hidden states (N, d) float32, next token ids (N,)) over ``texts`` (or the given ``windows``) until
-    ``tokens`` positions."""
-    windows = token_windows(tok, texts, tokens, max_len) if windows is None else windows
+def final_states(model, windows: list[torch.Tensor], tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(final hidden states (N, d) float32, next token ids (N,)) over ``windows`` (``token_windows``) until ``tokens``
+    positions."""
     hs, ys = [], []
     with torch.no_grad():
         for ids in windows:
@@ -181,13 +179,12 @@ def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iter
     """Fit ``model``'s head rows in place on ``tokens`` positions of ``texts`` (see the module), with the ``teacher``'s
     top-k distribution mixed into the targets at ``teacher_weight``; returns a report."""
     check_fittable(model)
-    if teacher_weight > 0 and teacher is None:
-        raise ValueError(f"head_fit teacher_weight={teacher_weight} needs the teacher model (not teacher_tokenizer_only)")
     t0 = time.perf_counter()
     windows = token_windows(tok, texts, tokens, max_len)
-    hidden, targets = final_states(model, tok, texts, tokens, windows=windows)
+    hidden, targets = final_states(model, windows, tokens)
     head = model.get_output_embeddings()
-    soft = teacher_targets(teacher, windows, tokens, top_k, head.weight.shape[0]) if teacher_weight > 0 else None
+    soft = teacher_targets(teacher, windows, tokens, top_k, head.weight.shape[0]) \
+        if teacher_weight > 0 and teacher is not None else None  # fit_rows refuses a weight without targets
     fitted, rows, before, after = fit_rows(hidden, targets, head.weight, l2=l2, iterations=iterations, soft=soft,
                                            soft_weight=teacher_weight)
     with torch.no_grad():
