@@ -8,8 +8,9 @@ training, each trainer in a fresh child process (so peak RSS is its own): xtok w
 top-k teacher cache (built in the same process, teacher freed before training: what `xtok distill`
 does), xtok with the online teacher, and TRL's GKDTrainer (``trl.experimental.gkd``, lmbda=0 =
 off-policy, beta=0 = forward KL, the same loss as ours); xtok-cache-unfused is xtok-cache computing
-the loss from the model's full logits instead of the per-chunk checkpointed head. tokens/s counts trained tokens per
-second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss.
+the loss from the model's full logits instead of the per-chunk checkpointed head, xtok-cache-lean is xtok-cache with
+gradient checkpointing (TRL's SFTConfig turns it on by default: the peer runs with it). tokens/s counts trained tokens
+per second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss.
 quality: held-out bits per byte per eval domain of (a) the transplanted student, (b) + stage 1
 (embeddings and head) with KL, (c) + stages 1-2 with KL, (d) + stages 1-2 with plain cross-entropy
 on the same text, (e) the untouched student (own tokenizer) trained by ULD against the teacher on the
@@ -35,7 +36,8 @@ from xtok.configfile import config_from_dict
 from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
 # xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)
-VARIANTS = ("xtok-cache", "xtok-cache-unfused", "xtok-online", "trl-gkd")
+# xtok-cache-lean: xtok-cache with gradient checkpointing (the config's gradient_checkpointing: true)
+VARIANTS = ("xtok-cache", "xtok-cache-unfused", "xtok-cache-lean", "xtok-online", "trl-gkd")
 
 
 class StepTimer:
@@ -74,6 +76,9 @@ def child(args) -> dict:
     common = dict(output_dir=str(Path(args.tmp) / args.child), max_steps=args.steps, learning_rate=1e-5,
                   per_device_train_batch_size=args.batch_size, report_to=[], use_cpu=True, save_strategy="no",
                   logging_strategy="no", disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False, seed=0)
+    if args.child.startswith("xtok"):  # TRL's SFTConfig keeps its own default, gradient checkpointing on
+        common.update(gradient_checkpointing=args.child == "xtok-cache-lean",
+                      gradient_checkpointing_kwargs={"use_reentrant": False})
     cache_seconds = None
     if args.child.startswith("xtok-cache"):
         t0 = time.perf_counter()
@@ -81,7 +86,7 @@ def child(args) -> dict:
         cache_seconds = time.perf_counter() - t0
         del teacher
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks, topk),
-                                 loss="forward_kl", fused_head=args.child == "xtok-cache", callbacks=[timer.callback])
+                                 loss="forward_kl", fused_head=args.child != "xtok-cache-unfused", callbacks=[timer.callback])
     elif args.child == "xtok-online":
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks),
                                  teacher=teacher, loss="forward_kl", callbacks=[timer.callback])
@@ -97,11 +102,13 @@ def child(args) -> dict:
                              data_collator=default_data_collator, processing_class=tok, callbacks=[timer.callback])
     trainer.train()
     timed = timer.steps[1:]
+    optimizer = type(getattr(trainer.optimizer, "optimizer", trainer.optimizer)).__name__
     tokens = args.batch_size * args.seq_len
     return {"variant": args.child, "steps": len(timer.steps), "step_seconds": [round(s, 3) for s in timer.steps],
             "tokens_per_second": tokens * len(timed) / sum(timed),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-            "teacher_cache_seconds": cache_seconds}
+            "teacher_cache_seconds": cache_seconds, "optimizer": optimizer,
+            "gradient_checkpointing": trainer.args.gradient_checkpointing}
 
 
 def add_ratios(rows: dict) -> None:

@@ -90,3 +90,133 @@ def test_prepare_stage_gives_row_adam_its_rows_and_freezes_a_matrix_without_any(
     none = {k: torch.zeros_like(m) for k, m in masks.items()}
     with pytest.raises(ValueError, match=r"no row to train in \['input'\]"):
         prepare_stage(build_tiny("llama", real_tokenizer("smollm2-135m"), tie_word_embeddings=False), stage, none)
+
+
+def _touched_run(kind: str, steps: int, sparse: bool, fused: bool = False, wd: float = 0.1, resume_at: int | None = None):
+    """A (40, 6) input embedding and a (40, 6) head trained on token batches that never hold tokens 30..39:
+    ``kind`` "ref" is torch.optim.AdamW on dense gradients, "rows" TouchedRowAdamW (sparse gradients if asked).
+    ``resume_at``: the run stops there and continues in a new optimizer loaded from the first one's state_dict."""
+    from xtok.distill.row_adam import TouchedRowAdamW
+
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.Embedding(40, 6, sparse=sparse)
+    with torch.no_grad():
+        emb.weight.copy_(torch.randn(40, 6, generator=g))
+    head = torch.nn.Parameter(torch.randn(40, 6, generator=g))
+    batches = torch.randint(0, 30, (steps, 12), generator=g)
+    batches[0, :3] = torch.tensor([4, 4, 4])  # a row repeated within a batch sums its contributions
+
+    def make():
+        kw = dict(lr=0.05, betas=(0.8, 0.95), eps=1e-6, weight_decay=wd)
+        if kind == "ref":
+            return torch.optim.AdamW([emb.weight, head], fused=fused, foreach=False if not fused else None, **kw)
+        return TouchedRowAdamW([emb.weight, head], row_sparse=[emb.weight], fused=fused,
+                               foreach=False if not fused else None, **kw)
+
+    opt = make()
+    for t in range(steps):
+        if t == resume_at:
+            saved = opt.state_dict()
+            opt = make()
+            opt.load_state_dict(saved)
+        opt.zero_grad()
+        logits = emb(batches[t]) @ head.T
+        torch.nn.functional.cross_entropy(logits[:-1], batches[t][1:], reduction="sum").backward()
+        opt.step()
+    return emb.weight.detach().clone(), head.detach().clone(), opt, batches
+
+
+@pytest.mark.parametrize("sparse,fused", [(True, False), (False, False), (True, True)])
+def test_touched_row_adamw_matches_adamw(sparse, fused):
+    ref_emb, ref_head, _, batches = _touched_run("ref", 6, sparse=False, fused=fused)
+    emb, head, opt, _ = _touched_run("rows", 6, sparse=sparse, fused=fused)
+    # the same float32 elementwise arithmetic; a gradient summed in another order differs by an ulp or so, and
+    # Adam's normalized step (eps 1e-6, gradients ~1) carries that to the weights at about lr * 1e-7
+    torch.testing.assert_close(emb, ref_emb, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(head, ref_head, rtol=1e-6, atol=1e-6)
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    # a sparse gradient lists every input token; a dense one is zero for a batch's last token (it predicts nothing)
+    seen = (batches if sparse else batches[:, :-1]).unique()
+    assert sorted(state["rows"].tolist()) == seen.tolist() and state["exp_avg"].shape == (len(seen), 6)
+    assert state["rows"].dtype == torch.long and int(state["step"]) == 6
+    start = torch.randn(40, 6, generator=torch.Generator().manual_seed(1))
+    untouched = torch.arange(30, 40)  # moved by the decay alone, 6 times
+    torch.testing.assert_close(emb[untouched], start[untouched] * (1 - 0.05 * 0.1) ** 6, rtol=1e-6, atol=0)
+
+
+def test_touched_row_adamw_resumes_from_its_state_dict():
+    whole, whole_head, _, _ = _touched_run("rows", 6, sparse=True)
+    resumed, resumed_head, opt, _ = _touched_run("rows", 6, sparse=True, resume_at=3)
+    assert torch.equal(resumed, whole) and torch.equal(resumed_head, whole_head)
+    rows = next(s for s in opt.state.values() if "rows" in s)["rows"]
+    assert rows.dtype == torch.long  # load_state_dict would have cast it to the parameter's dtype
+
+
+def test_touched_row_adamw_bad_input():
+    from xtok.distill.row_adam import TouchedRowAdamW
+
+    w, v = torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="amsgrad"):
+        TouchedRowAdamW([w], row_sparse=[w], amsgrad=True)
+    with pytest.raises(ValueError, match=r"matrix among the optimizer's parameters, got shape \(3,\)"):
+        TouchedRowAdamW([w, v], row_sparse=[v])
+    with pytest.raises(ValueError, match=r"got shape \(3, 2\) \(not among them\)"):
+        TouchedRowAdamW([v], row_sparse=[w])
+
+
+def _trainer_run(real_tokenizer, tmp_path, row_sparse: bool, steps: int = 3):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from tests.conftest import build_tiny
+    from xtok.distill.trainer import DistillTrainer
+
+    tok = real_tokenizer("qwen2.5-coder-0.5b")
+    student, teacher = build_tiny("qwen2", tok, seed=2), build_tiny("qwen2", tok, seed=1)  # qwen2: untied head
+    ids = tok(["def f(x):\n    return x + 1\n", "for i in range(10):\n    print(i)\n", "import os, sys\n",
+               "class A:\n    pass\n", "x = [1, 2, 3]\n", "while True:\n    break\n"], padding="max_length",
+              max_length=12, truncation=True)
+    labels = [[t if m else -100 for t, m in zip(r, a)] for r, a in zip(ids["input_ids"], ids["attention_mask"])]
+    ds = Dataset.from_dict({**ids, "labels": labels})
+    # clipping on (max_grad_norm far below the norm), weight decay on; eps 1e-3 keeps Adam's step linear in the
+    # gradient, so two summation orders of a gradient differ in the weights by ~lr * ulp, not by a flipped sign
+    args = TrainingArguments(output_dir=str(tmp_path / str(row_sparse)), per_device_train_batch_size=2, max_steps=steps,
+                             learning_rate=1e-3, weight_decay=0.01, max_grad_norm=1e-3, adam_epsilon=1e-3,
+                             lr_scheduler_type="constant", report_to=[], use_cpu=True, save_strategy="no",
+                             logging_steps=1, disable_tqdm=True, seed=0, data_seed=0, optim="adamw_torch")
+    trainer = DistillTrainer(model=student, args=args, train_dataset=ds, teacher=teacher, row_sparse_input=row_sparse)
+    from torch.utils.data import SequentialSampler
+    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(ds)
+    trainer.train()
+    norms = [h["grad_norm"] for h in trainer.state.log_history if "grad_norm" in h]
+    return student, trainer, norms, torch.tensor(ids["input_ids"][:2 * steps])
+
+
+def test_distill_trainer_row_sparse_input_equals_adamw(real_tokenizer, tmp_path):
+    from xtok.distill.row_adam import TouchedRowAdamW
+
+    ref, ref_trainer, ref_norms, _ = _trainer_run(real_tokenizer, tmp_path, row_sparse=False)
+    got, trainer, norms, seen = _trainer_run(real_tokenizer, tmp_path, row_sparse=True)
+    opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
+    assert isinstance(opt, TouchedRowAdamW) and not isinstance(getattr(ref_trainer.optimizer, "optimizer", None),
+                                                               TouchedRowAdamW)
+    emb = got.get_input_embeddings()
+    assert not emb.sparse  # switched on for the training only
+    state = opt.state[emb.weight]
+    seen = seen.unique()
+    seen = seen[seen != emb.padding_idx]  # the padding row gets no gradient at all
+    assert sorted(state["rows"].tolist()) == seen.tolist()  # the rows of tokens the batches held, no more
+    assert state["exp_avg"].shape == (len(seen), emb.weight.shape[1]) and len(seen) < emb.num_embeddings
+    # the gradient norm the Trainer logs (computed here with a sparse embedding gradient) is torch's, up to the
+    # float32 summation order of a norm over every gradient element
+    assert len(norms) == 3 and all(n > 1e-3 for n in norms)  # clipped at every step
+    torch.testing.assert_close(torch.tensor(norms), torch.tensor(ref_norms), rtol=1e-5, atol=0)
+    for (name, a), b in zip(got.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+    assert not torch.equal(got.get_input_embeddings().weight, build_tiny_weight(real_tokenizer))
+
+
+def build_tiny_weight(real_tokenizer):
+    from tests.conftest import build_tiny
+
+    return build_tiny("qwen2", real_tokenizer("qwen2.5-coder-0.5b"), seed=2).get_input_embeddings().weight.detach()

@@ -25,9 +25,9 @@ from xtok.config.recipes import (
     EvalConfig,
     TransplantConfig,
 )
-from xtok.config.training import DistillConfig, HealConfig, OnPolicyConfig, StageConfig, TeacherCacheConfig
+from xtok.config.training import DistillConfig, GenerationsConfig, HealConfig, OnPolicyConfig, StageConfig, TeacherCacheConfig
 
 __all__ = ["CONFIGS_DIR", "RECIPE_SCHEMAS", "AgreementSettings", "AlignConfig", "DType", "DataConfig", "DistillConfig",
            "DraftCheckConfig", "EndToEndConfig", "EndToEndDraftCheck", "EnsembleConfig", "EvalConfig", "EvalSettings",
-           "HealConfig", "InitMethod", "LossName", "OnPolicyConfig", "StageConfig", "Strict", "TeacherCacheConfig",
+           "GenerationsConfig", "HealConfig", "InitMethod", "LossName", "OnPolicyConfig", "StageConfig", "Strict", "TeacherCacheConfig",
            "TransplantConfig"]

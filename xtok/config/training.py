@@ -37,6 +37,16 @@ class TeacherCacheConfig(Strict):
     batch_size: int = Field(4, ge=1)
 
 
+class GenerationsConfig(Strict):
+    """Train on the teacher's own greedy continuations (on-policy data of the target, for a drafter): each packed block
+    keeps its first ``prompt_tokens`` corpus tokens and the teacher writes the rest greedily (generated once, kept in
+    the run folder)."""
+
+    prompt_tokens: int = Field(64, ge=1, description="corpus tokens at the start of each block; the teacher continues "
+                               "them to seq_len")
+    batch_size: int = Field(8, ge=1, description="blocks the teacher continues per generate call")
+
+
 class OnPolicyConfig(Strict):
     """GKD's on-policy mixing: with probability lmbda a batch is replaced by the student's own samples."""
 
@@ -65,6 +75,8 @@ class DistillConfig(Strict):
     ce_weight: float = Field(0.0, ge=0, le=1, description="mix of plain cross-entropy into the distillation loss")
     teacher_cache: TeacherCacheConfig = TeacherCacheConfig()
     on_policy: OnPolicyConfig = OnPolicyConfig()
+    generations: GenerationsConfig | None = Field(None, description="train on the teacher's greedy continuations of "
+                                                  "the data instead of the data itself (a drafter for that teacher)")
     stages: list[StageConfig] = Field(min_length=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the run's training: a stage "
                                       "stops at it (its model is kept) and later stages are skipped; per "
@@ -77,6 +89,8 @@ class DistillConfig(Strict):
     fused_head: bool = Field(False, description="apply the output head per loss chunk, recomputed in backward, so "
                              "the (B, T, V) logits never exist (for large batch x sequence x vocab; one more head pass; "
                              "not for uld)")
+    gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead "
+                                         "of keeping them (less memory, one more forward of the layers)")
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -89,6 +103,14 @@ class DistillConfig(Strict):
         if any(s.train == "new_rows" for s in self.stages) and not self.original:
             raise ValueError("a new_rows stage trains the rows a transplant made; set original (the model the student "
                              "was transplanted from)")
+        if self.generations is not None:
+            meta = LOSSES.meta(self.loss)
+            if not meta.get("needs_teacher", True) or not meta.get("same_vocab", True):
+                raise ValueError(f"generations are the teacher's continuations in the shared vocabulary; loss "
+                                 f"{self.loss!r} has no such teacher: use forward_kl, reverse_kl or jsd")
+            if self.generations.prompt_tokens >= self.seq_len:
+                raise ValueError(f"generations.prompt_tokens={self.generations.prompt_tokens} leaves the teacher nothing "
+                                 f"to write in blocks of seq_len={self.seq_len}; make it smaller than seq_len")
         if self.on_policy.lmbda and not LOSSES.meta(self.loss).get("same_vocab", True):
             raise ValueError(f"on-policy batches are not supported with loss {self.loss!r}; set on_policy.lmbda: 0")
         return self

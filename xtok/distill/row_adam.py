@@ -1,4 +1,5 @@
-"""Adam whose moments exist only for the embedding rows a ``new_rows`` stage trains.
+"""Adam whose moments exist only for the embedding rows that train: ``RowAdam`` (a ``new_rows`` stage's fixed rows) and
+``TouchedRowAdamW`` (the other stages: an input embedding's rows that have had a gradient).
 
 A ``new_rows`` stage (healing a transplant) trains the rows of the input embeddings and/or head that the transplant
 made; the others get zero gradients. ``torch.optim.AdamW`` would still keep two full (V, d) moment tensors per matrix:
@@ -31,12 +32,8 @@ class RowAdam(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
-            b1, b2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -46,11 +43,115 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros((len(rows), p.shape[1]), dtype=p.dtype, device=p.device)
                     state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
                 state["step"] += 1
-                g = p.grad.index_select(0, rows)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bias1, bias2 = 1 - b1 ** state["step"], 1 - b2 ** state["step"]
-                denom = (v.sqrt() / math.sqrt(bias2)).add_(group["eps"])
-                p.index_copy_(0, rows, p.index_select(0, rows).addcdiv_(m, denom, value=-group["lr"] / bias1))
+                _adam_rows(p, rows, p.grad.index_select(0, rows), state, state["step"], group)
         return loss
+
+
+def _closure_loss(closure):
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def _adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, group: dict) -> None:
+    """Adam's update (``torch.optim.Adam``'s single-tensor arithmetic) of the rows ``rows`` of ``p`` from their
+    gradient ``g`` and moments ``state["exp_avg"]``, ``state["exp_avg_sq"]`` (R, d), at step ``step``."""
+    (b1, b2), m, v = group["betas"], state["exp_avg"], state["exp_avg_sq"]
+    m.lerp_(g, 1 - b1)
+    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+    bias1, bias2 = 1 - b1 ** step, 1 - b2 ** step
+    denom = (v.sqrt() / math.sqrt(bias2)).add_(group["eps"])
+    p.index_copy_(0, rows, p.index_select(0, rows).addcdiv_(m, denom, value=-group["lr"] / bias1))
+
+
+class TouchedRowAdamW(torch.optim.AdamW):
+    """``torch.optim.AdamW`` whose ``row_sparse`` matrices (an untied input embedding) keep moments only for the rows
+    that have had a gradient.
+
+    A row whose gradient has always been zero has zero moments, so AdamW moves it by weight decay alone: its moments
+    need not exist. An embedding's gradient reaches only the rows of the tokens in the batch, so over a run the rows
+    with moments are the tokens seen so far (a few thousand of a 152k-token vocabulary in a short run): each step
+    applies AdamW's arithmetic to them, with the global step count in the bias corrections, and the decay to every
+    row, as ``AdamW`` does; the other parameters go through ``AdamW.step`` itself (fused where asked). The gradient
+    of a row-sparse matrix may be a sparse COO tensor (``nn.Embedding(sparse=True)``) or dense.
+    """
+
+    def __init__(self, params, row_sparse: list[torch.nn.Parameter], **kwargs):
+        if kwargs.get("amsgrad") or kwargs.get("maximize"):
+            raise ValueError("TouchedRowAdamW supports neither amsgrad nor maximize; use torch.optim.AdamW")
+        super().__init__(params, **kwargs)
+        known = {id(p) for group in self.param_groups for p in group["params"]}
+        for p in row_sparse:
+            if p.ndim != 2 or id(p) not in known:
+                raise ValueError(f"a row-sparse parameter must be a matrix among the optimizer's parameters, got shape "
+                                 f"{tuple(p.shape)}{'' if id(p) in known else ' (not among them)'}")
+        self._row_sparse = {id(p) for p in row_sparse}
+        self._slots: dict[int, torch.Tensor] = {}  # id(p) -> (V,) long: each row's slot in the moments, -1 if none
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = _closure_loss(closure)
+        held = {}  # AdamW.step skips a parameter without a gradient
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in self._row_sparse and p.grad is not None:
+                    held[id(p)] = (p, p.grad, group)
+                    p.grad = None
+        try:
+            super().step()
+        finally:
+            for p, grad, _ in held.values():
+                p.grad = grad
+        for p, grad, group in held.values():
+            self._row_step(p, grad, group)
+        return loss
+
+    def _slot_map(self, p, rows: torch.Tensor) -> torch.Tensor:
+        slots = self._slots.get(id(p))
+        if slots is None:
+            slots = torch.full((p.shape[0],), -1, dtype=torch.long, device=p.device)
+            slots[rows] = torch.arange(len(rows), device=p.device)
+            self._slots[id(p)] = slots
+        return slots
+
+    def _row_step(self, p, grad: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.tensor(0.0)
+            state["rows"] = torch.zeros(0, dtype=torch.long, device=p.device)
+            state["exp_avg"] = p.new_zeros((0, p.shape[1]))
+            state["exp_avg_sq"] = p.new_zeros((0, p.shape[1]))
+        if grad.is_sparse:
+            grad = grad.coalesce()
+            ids, values = grad.indices()[0], grad.values()
+        else:
+            ids = (grad != 0).any(1).nonzero()[:, 0]
+            values = grad.index_select(0, ids)
+        slots = self._slot_map(p, state["rows"])
+        new = ids[slots[ids] < 0]
+        if len(new):  # first gradient of these rows: zero moments, as AdamW's would be
+            slots[new] = torch.arange(len(state["rows"]), len(state["rows"]) + len(new), device=p.device)
+            state["rows"] = torch.cat([state["rows"], new])
+            for key in ("exp_avg", "exp_avg_sq"):
+                state[key] = torch.cat([state[key], state[key].new_zeros((len(new), p.shape[1]))])
+        g = state["exp_avg"].new_zeros(state["exp_avg"].shape).index_add_(0, slots[ids], values.to(p.dtype))
+        state["step"] += 1
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])  # every row, as AdamW decays them
+        _adam_rows(p, state["rows"], g, state, int(state["step"].item()), group)
+
+    def load_state_dict(self, state_dict):
+        """As ``Optimizer.load_state_dict``, which casts every tensor of a parameter's state to its dtype: the row ids
+        are set aside and put back as they were."""
+        rows, state = {}, {}
+        for key, entry in state_dict["state"].items():
+            if "rows" in entry:
+                rows[key] = entry["rows"]
+                entry = {k: v for k, v in entry.items() if k != "rows"}
+            state[key] = entry
+        super().load_state_dict({**state_dict, "state": state})
+        params = [p for group in self.param_groups for p in group["params"]]
+        for key, ids in rows.items():
+            self.state[params[key]]["rows"] = ids.to(device=params[key].device, dtype=torch.long)
+        self._slots.clear()

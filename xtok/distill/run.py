@@ -24,6 +24,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from xtok.config import DistillConfig
 from xtok.distill.data import BlockDataset, teacher_tokenization, training_blocks
+from xtok.distill.generations import teacher_generations
 from xtok.distill.stages import changed_rows, merge_lora, prepare_stage
 from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
@@ -105,6 +106,7 @@ def _training_args(cfg: DistillConfig, stage, folder: Path, progress: bool) -> T
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=1, report_to=list(cfg.report_to),
         seed=cfg.seed, data_seed=cfg.seed, remove_unused_columns=False, ddp_find_unused_parameters=False,
         dataloader_num_workers=0, dataloader_pin_memory=cuda, disable_tqdm=not progress,
+        gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
     )
 
 
@@ -233,6 +235,12 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
             teacher_tokens = teacher_tokenization(tokenizer, teacher_tok, blocks)
         else:
             check_same_vocab(AutoConfig.from_pretrained(student_spec), teacher)
+        if cfg.generations is not None:  # the teacher writes the blocks' text after their first prompt_tokens
+            eos = teacher.generation_config.eos_token_id
+            with state.main_process_first():
+                blocks = teacher_generations(teacher, str(cfg.teacher), blocks, cfg.generations.prompt_tokens,
+                                             cfg.generations.batch_size, teacher_tok.eos_token_id if eos is None else eos,
+                                             run / "data", progress=progress and state.is_main_process)
         if meta.get("same_vocab", True) and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
@@ -261,6 +269,7 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
                                         progress, rows, budget))
         model_spec = str(folder / "model")
     report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
+              "generations": cfg.generations and cfg.generations.model_dump(),
               "seq_len": cfg.seq_len, "teacher_cache_top_k": cfg.teacher_cache.top_k if topk is not None else None,
               "processes": state.num_processes, "seconds": round(time.perf_counter() - t0, 2), "stages": summaries}
     if state.is_main_process:

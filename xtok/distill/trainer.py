@@ -47,9 +47,12 @@ class DistillTrainer(Trainer):
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
                  sample_temperature: float = 1.0, fused_head: bool = False,
-                 trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None, **kwargs):
+                 trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None,
+                 row_sparse_input: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.trained_rows = trained_rows  # a new_rows stage: RowAdam over these rows replaces the Trainer's optimizer
+        self.row_sparse_input = row_sparse_input
+        self._sparse_embedding = None  # the nn.Embedding switched to sparse gradients for this training, if any
         if not 0.0 <= on_policy <= 1.0:
             raise ValueError(f"on_policy={on_policy} is a probability (GKD's lambda); use a value in [0, 1]")
         if on_policy and teacher is None:
@@ -73,16 +76,86 @@ class DistillTrainer(Trainer):
         self.fused_head = fused_head and LOSSES.meta(loss).get("same_vocab", True)
 
     def create_optimizer(self, model=None):
-        """The Trainer's optimizer, except in a ``new_rows`` stage: ``RowAdam`` with the Trainer's learning rate,
-        betas and epsilon, its moments only for the trained rows (``args.optim`` does not apply there)."""
-        if self.trained_rows is None:
-            return super().create_optimizer(model)
-        if self.optimizer is None:
+        """The Trainer's optimizer, except where the embedding rows allow less state: in a ``new_rows`` stage
+        ``RowAdam`` (moments for the trained rows only; ``args.optim`` does not apply there); where an untied input
+        embedding trains under the default AdamW (``args.optim`` adamw_torch or adamw_torch_fused) and
+        ``row_sparse_input`` holds, ``TouchedRowAdamW``: the same AdamW, with the Trainer's weight-decay groups, whose
+        input embedding keeps moments only for the rows of tokens seen so far and, in a single process, gets sparse
+        gradients (no dense (V, d) gradient either)."""
+        if self.optimizer is not None:
+            return self.optimizer
+        if self.trained_rows is not None:
             from xtok.distill.row_adam import RowAdam
 
             self.optimizer = RowAdam(self.trained_rows, lr=self.args.learning_rate,
                                      betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+            return self.optimizer
+        model = self.model if model is None else model
+        embedding = self._row_sparse_embedding(model)
+        if embedding is None:
+            return super().create_optimizer(model)
+        from xtok.distill.row_adam import TouchedRowAdamW
+
+        decay = set(self.get_decay_parameter_names(model))
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                  {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+        self.optimizer = TouchedRowAdamW([g for g in groups if g["params"]], row_sparse=[embedding.weight],
+                                         lr=self.args.learning_rate, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                         eps=self.args.adam_epsilon, fused=self.args.optim == "adamw_torch_fused")
+        # DDP's all-reduce takes dense gradients, and clipping sparse ones needs this class's _clip_grad_norm and
+        # _get_grad_norm to be the Trainer's hooks: otherwise the gradient stays dense (the moments stay row-sparse)
+        if (self.args.world_size == 1 and isinstance(embedding, torch.nn.Embedding) and not embedding.sparse
+                and all(hasattr(Trainer, name) for name in ("_clip_grad_norm", "_get_grad_norm"))):
+            embedding.sparse = True
+            self._sparse_embedding = embedding
         return self.optimizer
+
+    def _row_sparse_embedding(self, model):
+        """The input embedding module whose rows ``TouchedRowAdamW`` tracks, or None where it does not apply."""
+        if not self.row_sparse_input or self.args.optim not in ("adamw_torch", "adamw_torch_fused"):
+            return None
+        get = getattr(model, "get_input_embeddings", None)
+        embedding = get() if get is not None else None
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        weight = getattr(embedding, "weight", None)
+        if weight is None or not weight.requires_grad or weight.ndim != 2 or (head is not None and head.weight is weight):
+            return None  # frozen, or tied to the head (whose gradient reaches every row)
+        return embedding
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self._sparse_embedding is not None:  # the model leaves as it came
+                self._sparse_embedding.sparse = False
+                self._sparse_embedding = None
+
+    def _grad_norm(self, model, max_norm: float) -> torch.Tensor:
+        """``clip_grad_norm_`` for gradients of which some are sparse (torch's takes dense ones only): the norm of
+        all gradients as one vector, and each scaled by ``max_norm / (norm + 1e-6)`` where that is below 1."""
+        self.accelerator.unscale_gradients()
+        params = [p for p in model.parameters() if p.grad is not None]
+        for p in params:
+            if p.grad.is_sparse:
+                p.grad = p.grad.coalesce()  # a repeated row sums first: its norm is that of the sum
+        parts = [p.grad.values() if p.grad.is_sparse else p.grad for p in params]
+        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in parts]))
+        if max_norm != float("inf"):
+            coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+            for g in parts:
+                g.mul_(coef.to(g.dtype))
+        return total
+
+    def _clip_grad_norm(self, model):
+        if self._sparse_embedding is None:
+            return super()._clip_grad_norm(model)
+        return self._grad_norm(model, self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None and self._sparse_embedding is not None:
+            grad_norm = self._grad_norm(model, float("inf"))
+        return super()._get_grad_norm(model, grad_norm)
 
     def _coin(self) -> bool:
         """Whether this optimizer step is on-policy; a function of (seed, step), so a resumed run draws the same."""
