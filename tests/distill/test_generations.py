@@ -16,18 +16,26 @@ def _blocks(tok, n=4, seq_len=12):
     return torch.tensor(ids[: n * seq_len], dtype=torch.int32).view(n, seq_len)
 
 
-def test_generations_are_the_teachers_greedy_choice(real_tokenizer):
-    """Each position after the prompt holds the token the teacher ranks first there (end of sequence excluded), checked
-    against one full forward of the whole block: the KV-cached generate and it agree to float32 rounding."""
+@pytest.mark.parametrize("stops", ["one", "list"])
+def test_generations_are_the_teachers_greedy_choice(real_tokenizer, stops):
+    """Each position after the prompt holds the token the teacher ranks first there (the end-of-sequence ids
+    excluded), checked against one full forward of the whole block: the KV-cached generate and it agree to float32
+    rounding. "list": a model's several stop ids, one of them the teacher's first choice somewhere."""
     tok = real_tokenizer("smollm2-135m")
     teacher = build_tiny("llama", tok, seed=3)
     blocks = _blocks(tok)
-    out = teacher_generations(teacher, "tiny", blocks, prompt_tokens=5, batch_size=3, eos_token_id=tok.eos_token_id)
+    eos = [tok.eos_token_id]
+    if stops == "list":
+        free = teacher_generations(teacher, "tiny", blocks, 5, 3, tok.eos_token_id)
+        eos.append(int(free[0, 5]))
+    out = teacher_generations(teacher, "tiny", blocks, prompt_tokens=5, batch_size=3,
+                              eos_token_id=eos if stops == "list" else eos[0])
     assert out.shape == blocks.shape and out.dtype == torch.int32
     assert torch.equal(out[:, :5], blocks[:, :5]) and not torch.equal(out, blocks)
+    assert not torch.isin(out[:, 5:], torch.tensor(eos)).any()
     with torch.no_grad():
         logits = teacher(input_ids=out.long()).logits[:, 4:-1]  # the predictions of positions 5..11
-    logits[..., tok.eos_token_id] = float("-inf")
+    logits[..., eos] = float("-inf")
     chosen = logits.gather(-1, out[:, 5:].long()[..., None])[..., 0]
     best = logits.max(-1).values
     # the chosen token's logit is the maximum, up to the rounding of two float32 computations of one logit

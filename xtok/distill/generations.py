@@ -28,10 +28,13 @@ GENERATIONS_FILE, GENERATIONS_INFO = "generations.int32", "generations.json"
 
 
 @torch.no_grad()
-def greedy_continuations(teacher, prompts: torch.Tensor, new_tokens: int, eos_token_id: int | None) -> torch.Tensor:
-    """(B, P + new_tokens) long: each prompt (B, P) and the teacher's greedy continuation, ``new_tokens`` long."""
+def greedy_continuations(teacher, prompts: torch.Tensor, new_tokens: int,
+                         eos_token_id: int | list[int] | None) -> torch.Tensor:
+    """(B, P + new_tokens) long: each prompt (B, P) and the teacher's greedy continuation, ``new_tokens`` long
+    (``eos_token_id``: one id or a model's list of them, all held back until the continuation is full)."""
+    pad = eos_token_id[0] if isinstance(eos_token_id, list) else eos_token_id  # no row ends early: never written
     out = teacher.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=eos_token_id,
+                           max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=pad,
                            eos_token_id=eos_token_id, top_k=None, top_p=None, temperature=None,
                            repetition_penalty=1.0)  # the argmax, whatever a model's generation_config.json asks
     if out.shape != (prompts.shape[0], prompts.shape[1] + new_tokens):
@@ -41,7 +44,7 @@ def greedy_continuations(teacher, prompts: torch.Tensor, new_tokens: int, eos_to
 
 
 def teacher_generations(teacher, teacher_name: str, blocks: torch.Tensor, prompt_tokens: int, batch_size: int,
-                        eos_token_id: int | None, folder: str | Path | None = None, progress: bool = False) -> torch.Tensor:
+                        eos_token_id: int | list[int] | None, folder: str | Path | None = None, progress: bool = False) -> torch.Tensor:
     """(N, seq_len) int32: each block's first ``prompt_tokens`` and the teacher's greedy continuation to the block's
     length. With ``folder`` written there (temporary sibling, renamed into place) and memory-mapped; a file made
     earlier from the same blocks, teacher and settings is reused."""
