@@ -48,7 +48,7 @@ def test_generations_are_kept_and_reused(real_tokenizer, tmp_path):
     blocks = _blocks(tok)
     first = teacher_generations(teacher, "tiny", blocks, 5, 8, tok.eos_token_id, tmp_path)
     assert (tmp_path / GENERATIONS_FILE).stat().st_size == blocks.numel() * 4
-    assert not list(tmp_path.glob(".*tmp"))
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
 
     class Refuses:
         def eval(self):

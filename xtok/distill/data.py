@@ -28,6 +28,7 @@ import torch
 from xtok.config import DataConfig
 from xtok.corpus import load_corpus
 from xtok.losses.kd import TeacherTopK
+from xtok.utils.io import write_json
 from xtok.vocab.chunks import PairedTokens
 from xtok.vocab.identity import start_token_id
 
@@ -100,6 +101,24 @@ def _map_blocks(path: Path, n: int, seq_len: int) -> torch.Tensor:
     return torch.from_file(str(path), shared=False, size=n * seq_len, dtype=torch.int32).view(n, seq_len)
 
 
+def saved_blocks(path: Path, info: Path, key: dict, seq_len: int) -> torch.Tensor | None:
+    """The int32 blocks file ``path`` memory-mapped, when its record ``info`` says it was made under ``key``; else
+    None, with any stale record removed (the record is written last, by ``record_blocks``: a file without one is never
+    reused)."""
+    if info.is_file() and path.is_file():
+        saved = json.loads(info.read_text(encoding="utf-8"))
+        if saved.get("key") == key:
+            return _map_blocks(path, saved["sequences"], seq_len)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info.unlink(missing_ok=True)
+    return None
+
+
+def record_blocks(info: Path, key: dict, sequences: int) -> None:
+    """Record that the blocks file beside ``info`` holds ``sequences`` blocks made under ``key`` (atomically)."""
+    write_json(info, {"key": key, "sequences": sequences})
+
+
 def _corpus_texts(ds) -> Iterator[str]:
     for batch in ds.iter(batch_size=DOCUMENT_BATCH):
         yield from batch["text"]
@@ -117,21 +136,14 @@ def training_blocks(tokenizer, data: DataConfig, seq_len: int, max_sequences: in
            "max_sequences": max_sequences, "tokenizer": vocab_fingerprint(tokenizer)}  # corpus: datasets' own digest
     if folder is not None:
         folder = Path(folder)
-        info = folder / BLOCKS_INFO
-        if info.is_file() and (folder / BLOCKS_FILE).is_file():
-            saved = json.loads(info.read_text(encoding="utf-8"))
-            if saved.get("key") == key:
-                n = saved["sequences"]
-                log.info("training data: %d sequences of %d tokens, packed earlier in %s", n, seq_len, folder)
-                return _map_blocks(folder / BLOCKS_FILE, n, seq_len)
-        folder.mkdir(parents=True, exist_ok=True)
-        info.unlink(missing_ok=True)  # the key goes last: a file without it is never reused
+        saved = saved_blocks(folder / BLOCKS_FILE, folder / BLOCKS_INFO, key, seq_len)
+        if saved is not None:
+            log.info("training data: %d sequences of %d tokens, packed earlier in %s", len(saved), seq_len, folder)
+            return saved
     blocks = pack_documents(tokenizer, _corpus_texts(ds), seq_len, max_sequences,
                             None if folder is None else folder / BLOCKS_FILE)
     if folder is not None:
-        tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "sequences": len(blocks)}), encoding="utf-8")
-        os.replace(tmp, info)
+        record_blocks(folder / BLOCKS_INFO, key, len(blocks))
     log.info("training data: %d documents -> %d sequences of %d tokens", len(ds), len(blocks), seq_len)
     return blocks
 

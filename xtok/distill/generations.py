@@ -13,14 +13,13 @@ Generating is the expensive part (one target forward per new token per batch), s
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
 
 import torch
 
-from xtok.distill.data import _map_blocks, blocks_fingerprint
+from xtok.distill.data import _map_blocks, blocks_fingerprint, record_blocks, saved_blocks
+from xtok.utils.io import tmp_sibling
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +54,11 @@ def teacher_generations(teacher, teacher_name: str, blocks: torch.Tensor, prompt
     key = {"blocks": blocks_fingerprint(blocks), "teacher": teacher_name, "prompt_tokens": prompt_tokens,
            "seq_len": seq_len, "sequences": n}
     if folder is not None:
-        folder = Path(folder)
-        info, path = folder / GENERATIONS_INFO, folder / GENERATIONS_FILE
-        if info.is_file() and path.is_file() and json.loads(info.read_text(encoding="utf-8")).get("key") == key:
+        info, path = Path(folder) / GENERATIONS_INFO, Path(folder) / GENERATIONS_FILE
+        saved = saved_blocks(path, info, key, seq_len)
+        if saved is not None:
             log.info("training data: %d teacher continuations, generated earlier in %s", n, folder)
-            return _map_blocks(path, n, seq_len)
-        folder.mkdir(parents=True, exist_ok=True)
-        info.unlink(missing_ok=True)
+            return saved
     from tqdm.auto import tqdm
 
     out = torch.empty((n, seq_len), dtype=torch.int32)
@@ -71,11 +68,12 @@ def teacher_generations(teacher, teacher_name: str, blocks: torch.Tensor, prompt
         out[s: s + len(prompts)] = greedy_continuations(teacher, prompts, seq_len - prompt_tokens, eos_token_id).to(torch.int32)
     if folder is None:
         return out
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    out.numpy().tofile(tmp)
-    os.replace(tmp, path)
-    tmp = info.with_name(f".{info.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key}), encoding="utf-8")
-    os.replace(tmp, info)
+    tmp = tmp_sibling(path, "tmp")
+    try:
+        out.numpy().tofile(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    record_blocks(info, key, n)
     log.info("training data: %d blocks continued by the teacher after %d prompt tokens", n, prompt_tokens)
     return _map_blocks(path, n, seq_len)
