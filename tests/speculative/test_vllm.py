@@ -67,6 +67,10 @@ def test_counts_and_tokens_match_a_plain_reference_loop(models):
     assert res["lossless"] and res["mismatched_prompts"] == []
     assert res["tokens_per_second_target_alone"] > 0 and res["speedup"] > 0 and res["vllm_version"]
     assert len(ref_seq) == ids.shape[1] + 10
+    # Where the time goes: the wrapped target forward/logits and drafter propose ran, inside the timed wall time.
+    w, alone = res["time"]["with_drafter"], res["time"]["target_alone"]
+    assert w["drafting_s"] > 0 and w["verification_s"] > 0 and w["rounds"] == res["rounds"]
+    assert w["drafting_s"] + w["verification_s"] < w["seconds"] and 0 < alone["forward_s"] < alone["seconds"]
 
 
 @needs_vllm

@@ -29,7 +29,7 @@ from xtok.speculative.inputs import (
     drafter_size_warning,
     tokenize_prompts,
 )
-from xtok.speculative.metrics import draft_check_result, summarize_counts
+from xtok.speculative.metrics import draft_check_result, summarize_counts, time_breakdown
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +121,14 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
     mismatched = [i for i, (a, b) in enumerate(zip(plain["tokens"], spec["tokens"])) if a != b]
     c = spec["counts"]
     stats = summarize_counts(c["rounds"], c["drafted"], c["accepted"], c["accepted_per_position"], k)
+    plain_tokens = sum(map(len, plain["tokens"]))
     out = draft_check_result(stats, k=k, prompts=len(prompts), max_new_tokens=max_new_tokens,
-                             plain_tokens=sum(map(len, plain["tokens"])), plain_s=plain["seconds"],
+                             plain_tokens=plain_tokens, plain_s=plain["seconds"],
                              spec_tokens=sum(map(len, spec["tokens"])), spec_s=spec["seconds"], mismatched=mismatched,
                              cross_tokenizer=cross_tokenizer)
+    p_time, s_time = plain.get("timed_seconds", {}), spec.get("timed_seconds", {})
+    if "target" in p_time and {"target", "drafter"} <= s_time.keys():
+        out["time"] = time_breakdown(plain["seconds"], p_time["target"], plain_tokens, spec["seconds"], s_time["drafter"],
+                                     s_time["target"], c["rounds"])
     return {**out, "vllm_version": res["vllm_version"], "draft_vocab": None, "drafter_padded_to_target_vocab": padded,
             "warnings": [size_warning] if size_warning else []}

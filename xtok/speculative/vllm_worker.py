@@ -1,8 +1,10 @@
 """The vLLM side of ``draft-check --backend vllm``; runs in its own Python process (see vllm_backend.py).
 
 It reads a job (folders, token ids, k), runs greedy generation in one vLLM engine for the target alone,
-then in a second with the drafter, and writes the generated ids, the seconds spent generating and
-the difference of vLLM's speculative-decoding counters over the timed requests.
+then in a second with the drafter, and writes the generated ids, the seconds spent generating, the
+difference of vLLM's speculative-decoding counters over the timed requests, and where the time went: the
+engine runs in this process, so the target's forward and logits and the drafter's ``propose`` are wrapped
+with timers on the worker (``collective_rpc``), and the rest of the wall time is vLLM's own work.
 """
 
 from __future__ import annotations
@@ -36,6 +38,37 @@ def spec_counts(llm, k: int) -> dict:
 def counts_between(before: dict, after: dict) -> dict:
     return {key: [a - b for a, b in zip(after[key], before[key])] if isinstance(after[key], list) else after[key] - before[key]
             for key in after}
+
+
+TIMED = {"target": (("model", "forward"), ("model", "compute_logits")), "drafter": (("drafter", "propose"),)}
+SECONDS = {name: 0.0 for name in TIMED}  # filled in this process by the wrapped methods
+
+
+def _wrap(obj, method: str, key: str) -> None:
+    inner = getattr(obj, method)
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            SECONDS[key] += time.perf_counter() - t0
+
+    setattr(obj, method, timed)  # an instance attribute: nn.Module.__call__ and the runner find it first
+
+
+def install_timers(worker) -> list[str]:
+    """Wrap what ``TIMED`` names on the worker's model runner; returns the keys it could time (a runner without a
+    drafter, or another vLLM layout, times less, and its breakdown is then left out)."""
+    runner = getattr(worker, "model_runner", None)
+    timed = []
+    for key, places in TIMED.items():
+        found = [(getattr(runner, owner, None), method) for owner, method in places]
+        if all(obj is not None and callable(getattr(obj, method, None)) for obj, method in found):
+            for obj, method in found:
+                _wrap(obj, method, key)
+            timed.append(key)
+    return timed
 
 
 def check_heterogeneous_vocab() -> None:
@@ -73,6 +106,9 @@ def generate(llm, job: dict, k: int | None) -> dict:
     llm.generate([TokensPrompt(prompt_token_ids=job["prompt_ids"][0])], SamplingParams(temperature=0.0, max_tokens=2),
                  use_tqdm=False)
     before = spec_counts(llm, k) if k else None
+    timed = llm.collective_rpc(install_timers)[0]
+    for key in SECONDS:
+        SECONDS[key] = 0.0
     tokens, seconds = [], 0.0
     for i, ids in enumerate(job["prompt_ids"]):
         t0 = time.perf_counter()
@@ -81,7 +117,7 @@ def generate(llm, job: dict, k: int | None) -> dict:
         tokens.append(list(out.outputs[0].token_ids))
         if job["progress"]:
             log.info("%s: prompt %d/%d", "with drafter" if k else "target alone", i + 1, len(job["prompt_ids"]))
-    res = {"tokens": tokens, "seconds": seconds}
+    res = {"tokens": tokens, "seconds": seconds, "timed_seconds": {key: SECONDS[key] for key in timed}}
     if k:
         res["counts"] = counts_between(before, spec_counts(llm, k))
     return res

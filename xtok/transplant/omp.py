@@ -72,24 +72,39 @@ def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k
     return support, _refit(x, atoms, support)
 
 
+CANDIDATE_BLOCK = 32  # targets whose candidate atoms are gathered at a time: (32, m, d) stays in cache across iterations
+
+
 def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int,
                           m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """OMP restricted to each target's ``m`` atoms most correlated with it (Batch-OMP in the Gram domain).
 
-    One product with all atoms picks the candidates; after that every iteration costs O(m * t) per
-    target instead of O(n * d). With ``m`` = all atoms this is exactly OMP.
+    One product with all atoms picks the candidates; after that an iteration needs only the Gram column of the atom
+    it chose (m inner products per target, never the whole m × m Gram), and the residual's correlations follow from
+    them: alpha = b0 − G[:, support] · coef. The candidates of ``CANDIDATE_BLOCK`` targets are gathered at a time, so
+    the (block, m, d) copy stays in cache. With ``m`` = all atoms this is exactly OMP.
     """
-    b = x.shape[0]
-    corr = x.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n)
+    corr = x.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n): the one product with every atom
     cand = corr.float().abs_().topk(m, dim=1).indices  # (B, m)
     del corr
-    c = atoms[cand]  # (B, m, d)
-    gram = torch.bmm(c, c.transpose(1, 2))  # (B, m, m)
+    sq_norm = (atoms * atoms).sum(1)  # (n,) the Gram's diagonal
+    support = torch.empty((x.shape[0], k), dtype=torch.long)
+    for s in range(0, x.shape[0], CANDIDATE_BLOCK):
+        sl = slice(s, s + CANDIDATE_BLOCK)
+        support[sl] = _candidate_support(x[sl], atoms[cand[sl]], sq_norm[cand[sl]], k)
+    picked = cand.gather(1, support)
+    return picked, _refit(x, atoms, picked)
+
+
+def _candidate_support(x: torch.Tensor, c: torch.Tensor, sq_norm: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) positions in each target's candidate list ``c`` (B, m, d) that OMP picks, ``sq_norm`` (B, m) their
+    squared norms."""
+    b, m = c.shape[:2]
     b0 = torch.bmm(c, x.unsqueeze(-1)).squeeze(-1)  # (B, m) <atom, x>
-    inv_norm = gram.diagonal(dim1=1, dim2=2).clamp_min(1e-24).rsqrt()  # (B, m)
+    inv_norm = sq_norm.clamp_min(1e-24).rsqrt()
     rows = torch.arange(b)
     support = torch.empty((b, k), dtype=torch.long)
-    chol = torch.zeros((b, k, k), dtype=torch.float64)
+    chol = torch.zeros((b, k, k), dtype=torch.float64)  # lower-triangular Cholesky of the support's Gram
     alpha = b0 * inv_norm
     taken = torch.zeros((b, m), dtype=torch.bool)
     g_sup = torch.empty((b, m, k), dtype=torch.float32)  # (B, m, k) Gram columns of the support, grown per step
@@ -97,7 +112,7 @@ def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torc
         j = alpha.abs().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
         taken[rows, j] = True
         support[:, t] = j
-        g_col = gram[rows, :, j]  # (B, m): <atom_i, atom_j>
+        g_col = torch.bmm(c, c[rows, j].unsqueeze(-1)).squeeze(-1)  # (B, m): <atom_i, atom_j>
         g_sup[:, :, t] = g_col
         if t:
             g = g_col.gather(1, support[:, :t]).unsqueeze(-1).double()  # (B, t, 1)
@@ -107,11 +122,10 @@ def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torc
         else:
             diag2 = g_col[rows, j].double()
         chol[:, t, t] = diag2.clamp_min(1e-30).sqrt()
-        sup = support[:, : t + 1]
-        coef = torch.cholesky_solve(b0.gather(1, sup).double().unsqueeze(-1), chol[:, : t + 1, : t + 1]).squeeze(-1)
+        coef = torch.cholesky_solve(b0.gather(1, support[:, : t + 1]).double().unsqueeze(-1),
+                                    chol[:, : t + 1, : t + 1]).squeeze(-1)
         alpha = (b0 - torch.bmm(g_sup[:, :, : t + 1], coef.float().unsqueeze(-1)).squeeze(-1)) * inv_norm  # residual corr.
-    picked = cand.gather(1, support)
-    return picked, _refit(x, atoms, picked)
+    return support
 
 
 def batch_omp(
