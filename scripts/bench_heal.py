@@ -2,6 +2,11 @@
 
     .venv/bin/python scripts/bench_heal.py --student smollm2-135m --teacher qwen2.5-coder-0.5b \
         --steps 40 --losses alm ce --eval-docs 8 --eval-chars 6000
+    .venv/bin/python scripts/bench_heal.py --steps 36 --variants ce:input ce:input+output:batch \
+        --reuse bench/results/heal.json --transplanted DIR --out bench/results/heal_head_rows.json
+
+(--row-spaces keeps ``input`` as its default so the recorded commands in bench/results reproduce; the library's
+default, chosen with the second command, is input and head rows with ``head_rows: batch``.)
 
 1. Transplant the student to the teacher's tokenizer with the end-to-end recipe's settings (OMP k=8 over 128
    candidates for the inputs, subword-prior head).
@@ -97,6 +102,10 @@ def main() -> None:
     ap.add_argument("--val-docs", type=int, default=4)
     ap.add_argument("--val-chars", type=int, default=3000)
     ap.add_argument("--row-spaces", nargs="+", default=["input"], help="new_rows stage: input, output or both")
+    ap.add_argument("--head-rows", default="batch", choices=["batch", "all"], help="new_rows stage training the head: "
+                    "which head rows a step moves")
+    ap.add_argument("--variants", nargs="+", default=None, help="instead of --losses: heals to compare, each "
+                    "LOSS[:SPACES[:HEAD_ROWS]] (SPACES input, output or input+output), e.g. ce ce:input+output:batch")
     ap.add_argument("--reuse", default=None, help="a heal JSON of an earlier run: keep its transplant, validation and "
                     "zero-shot sections (with --transplanted, its saved transplant) and redo the heal part")
     ap.add_argument("--transplanted", default=None, help="the transplant folder the --reuse run saved")
@@ -161,28 +170,35 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
     result["heal"] = {}
     curve_file = work / "curve.jsonl"
     curve_file.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in zip(val_texts, val_domains)))
-    for loss in args.losses:
-        cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{loss}"), loss=loss,
-                         stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
-                                             scheduler="constant_with_warmup", warmup_ratio=0.05,
-                                             row_spaces=args.row_spaces)],
+    variants = {}
+    for text in args.variants or args.losses:
+        loss, spaces, head_rows = (text.split(":") + ["", ""])[:3]
+        spaces = spaces.split("+") if spaces else args.row_spaces
+        variants[text] = (loss, spaces, head_rows or args.head_rows)
+    for name, (loss, spaces, head_rows) in variants.items():
+        cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{name.replace(':', '-')}"),
+                         loss=loss, stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
+                                                        scheduler="constant_with_warmup", warmup_ratio=0.05,
+                                                        row_spaces=spaces, head_rows=head_rows)],
                          curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // 4), save_steps=10**6)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             out, rep = run_heal(cfg)
             seconds = time.perf_counter() - t0
         stage = rep["stages"][0]
-        result["heal"][loss] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
+        result["heal"][name] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
                                 "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
                                 "tokens_per_second": stage["tokens_per_second"], "peak_rss_gb": round(mem.peak / 2**30, 2),
                                 "trainable_parameters": stage["trainable_parameters"], "train_loss": stage["train_loss"],
                                 "curve": json.loads((out / CURVE_FILE).read_text()), "config": cfg.model_dump(mode="json")}
         write_json(args.out, result)
-        print(json.dumps(result["heal"][loss]["curve"], indent=1))
-    best = min(args.losses, key=lambda name: result["heal"][name]["curve"][-1]["overall"])
+        print(json.dumps(result["heal"][name]["curve"], indent=1))
+    best = min(variants, key=lambda name: result["heal"][name]["curve"][-1]["overall"])
     result["heal_chosen_on_validation"] = best
-    healed, h_tok = load_model(str(work / f"healed-{best}"))
-    name = f"healed ({best}, {args.steps} steps, {'+'.join(args.row_spaces)} rows)"
+    healed, h_tok = load_model(str(work / f"healed-{best.replace(':', '-')}"))
+    loss, spaces, head_rows = variants[best]
+    rows = "+".join(spaces) + (f" rows, head_rows {head_rows}" if "output" in spaces else " rows")
+    name = f"healed ({loss}, {args.steps} steps, {rows})"
     result["eval"][name] = public(score(healed, h_tok, ev_texts, ev_domains, evals["untouched"]))
     write_json(args.out, result)
 

@@ -82,14 +82,112 @@ def test_prepare_stage_gives_row_adam_its_rows_and_freezes_a_matrix_without_any(
     masks = {"input": torch.zeros(v, dtype=torch.bool), "output": torch.zeros(v, dtype=torch.bool)}
     masks["input"][[5, 9]] = True
     masks["output"][[1]] = True
-    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["input"])
-    model, names, n, trained = prepare_stage(model, stage, masks)
+    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["input"], head_rows="batch")
+    model, names, n, trained, gate = prepare_stage(model, stage, masks)
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert len(trained) == 1 and trained[0][0] is emb and trained[0][1].tolist() == [5, 9]
     assert n == 2 * emb.shape[1] and emb.requires_grad and not head.requires_grad and names == ["model.embed_tokens.weight"]
+    assert gate is None  # the head does not train: nothing to gate
     none = {k: torch.zeros_like(m) for k, m in masks.items()}
     with pytest.raises(ValueError, match=r"no row to train in \['input'\]"):
         prepare_stage(build_tiny("llama", real_tokenizer("smollm2-135m"), tie_word_embeddings=False), stage, none)
+
+
+def test_lazy_row_adam_matches_sparse_adam():
+    """Lazy rows against torch.optim.SparseAdam (its own sparse arithmetic) on the same row-sparse gradients: a row
+    moves, and its moments change, only at the steps where it has a gradient."""
+    g = torch.Generator().manual_seed(3)
+    start = torch.randn(30, 5, generator=g)
+    w, ref = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    rows = torch.arange(10, 30)  # rows 0..9 never train
+    opt = RowAdam([(w, rows)], lr=0.02, betas=(0.85, 0.99), eps=1e-8, lazy=[w])
+    sparse = torch.optim.SparseAdam([ref], lr=0.02, betas=(0.85, 0.99), eps=1e-8)
+    hit_ever = torch.zeros(30, dtype=torch.bool)
+    for _ in range(7):
+        hit = torch.zeros(30, dtype=torch.bool)
+        hit[torch.randint(10, 30, (6,), generator=g)] = True  # the rows of this step's batch
+        hit_ever |= hit
+        grad = torch.randn(30, 5, generator=g) * hit[:, None]
+        w.grad, ref.grad = grad.clone(), grad.to_sparse(1)
+        opt.step()
+        sparse.step()
+    # SparseAdam adds eps to sqrt(v) before its bias correction, torch.optim.Adam (and RowAdam) after: a relative
+    # difference of about eps / sqrt(v) ~ 1e-8 per step; the rest is float32 rounding of a few operations
+    torch.testing.assert_close(w.detach(), ref.detach(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(w.detach()[~hit_ever], start[~hit_ever]) and not torch.equal(w.detach()[hit_ever], start[hit_ever])
+    plain = torch.nn.Parameter(start.clone())  # not lazy: a row hit once keeps moving on its momentum
+    opt = RowAdam([(plain, rows)], lr=0.02, betas=(0.85, 0.99), eps=1e-8)
+    for t in range(2):
+        plain.grad = torch.zeros(30, 5)
+        plain.grad[12] = 1.0 if t == 0 else 0.0
+        opt.step()
+    moved = (plain.detach() - start)[12]
+    assert bool((moved < -0.02 * 1.5).all())  # two steps, the second on momentum alone
+    with pytest.raises(ValueError, match="lazy matrix must be one of the trained"):
+        RowAdam([(w, rows)], lazy=[plain])
+
+
+def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_tokenizer, tmp_path):
+    """One step of a new_rows stage training the head (head_rows: batch): the trained head rows that moved are
+    exactly those of the batch's tokens and of the model's first choices at its target positions (taken here from
+    the model before the step), each against the sign of its dense gradient; every other row is as it was."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from tests.conftest import build_tiny
+    from xtok.distill.stages import prepare_stage
+    from xtok.distill.trainer import DistillTrainer
+
+    tok = real_tokenizer("qwen2.5-coder-0.5b")
+    model = build_tiny("qwen2", tok, seed=4)  # untied head
+    head0 = model.get_output_embeddings().weight.detach().clone()
+    ids = tok(["def f(x):\n    return x + 1\n", "import os, sys\n"], padding="max_length", max_length=12,
+              truncation=True)
+    labels = [[t if m else -100 for t, m in zip(r, a)] for r, a in zip(ids["input_ids"], ids["attention_mask"])]
+    inp, lab = torch.tensor(ids["input_ids"]), torch.tensor(labels)
+    v = head0.shape[0]
+    trainable = torch.zeros(v, dtype=torch.bool)
+    trainable[100:] = True  # rows below 100 stand for shared rows: they never train
+    masks = {"input": torch.zeros(v, dtype=torch.bool), "output": trainable}
+    with torch.no_grad():  # the dense reference: the whole head's gradient and first choices of the model as it is
+        probe = build_tiny("qwen2", tok, seed=4)
+        out = probe(input_ids=inp, attention_mask=torch.tensor(ids["attention_mask"]))
+    target_mask = lab[:, 1:] != -100
+    predicted = out.logits[:, :-1].argmax(-1)[target_mask]
+    probe.requires_grad_(True)
+    logits = probe(input_ids=inp, attention_mask=torch.tensor(ids["attention_mask"])).logits[:, :-1]
+    torch.nn.functional.cross_entropy(logits[target_mask], lab[:, 1:][target_mask]).backward()
+    dense = probe.get_output_embeddings().weight.grad
+    expect = torch.zeros(v, dtype=torch.bool)
+    expect[inp.flatten()] = True
+    expect[lab[:, 1:][target_mask]] = True
+    expect[predicted] = True
+    expect &= trainable
+
+    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["output"], head_rows="batch")
+    model, _, _, trained, gate = prepare_stage(model, stage, masks)
+    assert gate is not None
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1,
+                             learning_rate=1e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                             save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.0)
+    ds = Dataset.from_dict({**ids, "labels": labels})
+    DistillTrainer(model=model, args=args, train_dataset=ds, loss="ce", trained_rows=trained, row_gate=gate).train()
+    delta = model.get_output_embeddings().weight.detach() - head0
+    moved = (delta != 0).any(1)
+    assert torch.equal(moved, expect) and int(expect.sum()) > 5
+    clear = dense[expect].abs() > 1e-6  # Adam's first step is lr * g / (|g| + eps): the sign of the gradient
+    assert torch.equal(torch.sign(delta[expect])[clear], -torch.sign(dense[expect])[clear])
+
+    # head_rows: all (the old behaviour): every trained row moves, the data shows its token or not
+    model = build_tiny("qwen2", tok, seed=4)
+    stage.head_rows = "all"
+    model, _, _, trained, gate = prepare_stage(model, stage, masks)
+    assert gate is None
+    DistillTrainer(model=model, args=args, train_dataset=ds, loss="ce", trained_rows=trained).train()
+    moved = ((model.get_output_embeddings().weight.detach() - head0) != 0).any(1)
+    assert torch.equal(moved, trainable)
 
 
 def _touched_run(kind: str, steps: int, sparse: bool, fused: bool = False, wd: float = 0.1, resume_at: int | None = None):

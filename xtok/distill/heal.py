@@ -5,7 +5,8 @@ and the model around them never saw the new tokens. Healing trains the copy to g
 likelihood the original gives it: with ``alm`` (Approximate Likelihood Matching, ``xtok.losses.alm``) the
 original, reading the same text in its own tokens, is the teacher chunk by chunk; with ``ce`` the copy
 learns the text itself. It is a distill run (``xtok.distill.run``: resumable, atomic, progress bars), by
-default one ``new_rows`` stage: only the input-embedding rows the transplant made are trained.
+default one ``new_rows`` stage: only the rows the transplant made are trained, input embedding and head,
+and a step moves only the head rows of the tokens its batch holds or predicts (``head_rows: batch``).
 """
 
 from __future__ import annotations

@@ -18,8 +18,11 @@ import torch
 
 class RowAdam(torch.optim.Optimizer):
     def __init__(self, params_and_rows: list[tuple[torch.nn.Parameter, torch.Tensor]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        """``params_and_rows``: each trained matrix with the (R,) long ids of its rows that train."""
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, lazy: list[torch.nn.Parameter] = ()):
+        """``params_and_rows``: each trained matrix with the (R,) long ids of its rows that train. ``lazy``: matrices
+        of those whose rows move, and whose moments change, only at the steps where the row has a nonzero gradient
+        (TF's LazyAdam, torch's SparseAdam; the head under ``head_rows: batch``); the others are plain Adam, where a
+        zero gradient still decays the moments and the momentum still moves the row."""
         if lr < 0 or eps < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"RowAdam lr={lr}, betas={betas}, eps={eps}: need lr >= 0, eps >= 0, betas in [0, 1)")
         params = [p for p, _ in params_and_rows]
@@ -29,6 +32,9 @@ class RowAdam(torch.optim.Optimizer):
             if p.ndim != 2:
                 raise ValueError(f"RowAdam trains rows of matrices, got a parameter of shape {tuple(p.shape)}")
             self._rows[p] = torch.as_tensor(rows, dtype=torch.long, device=p.device).unique()
+        self._lazy = {id(p) for p in lazy}
+        if any(all(p is not q for q in params) for p in lazy):
+            raise ValueError("RowAdam lazy: every lazy matrix must be one of the trained ones")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -43,7 +49,11 @@ class RowAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros((len(rows), p.shape[1]), dtype=p.dtype, device=p.device)
                     state["exp_avg_sq"] = torch.zeros_like(state["exp_avg"])
                 state["step"] += 1
-                _adam_rows(p, rows, p.grad.index_select(0, rows), state, state["step"], group)
+                g = p.grad.index_select(0, rows)
+                if id(p) in self._lazy:
+                    _lazy_adam_rows(p, rows, g, state, state["step"], group)
+                else:
+                    _adam_rows(p, rows, g, state, state["step"], group)
         return loss
 
 
@@ -63,6 +73,17 @@ def _adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, g
     bias1, bias2 = 1 - b1 ** step, 1 - b2 ** step
     denom = (v.sqrt() / math.sqrt(bias2)).add_(group["eps"])
     p.index_copy_(0, rows, p.index_select(0, rows).addcdiv_(m, denom, value=-group["lr"] / bias1))
+
+
+def _lazy_adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, group: dict) -> None:
+    """``_adam_rows`` for the rows whose gradient is not all zero; the others and their moments stay as they are."""
+    hit = (g != 0).any(1).nonzero()[:, 0]
+    if not len(hit):
+        return
+    sub = {"exp_avg": state["exp_avg"].index_select(0, hit), "exp_avg_sq": state["exp_avg_sq"].index_select(0, hit)}
+    _adam_rows(p, rows.index_select(0, hit), g.index_select(0, hit), sub, step, group)
+    state["exp_avg"].index_copy_(0, hit, sub["exp_avg"])
+    state["exp_avg_sq"].index_copy_(0, hit, sub["exp_avg_sq"])
 
 
 class TouchedRowAdamW(torch.optim.AdamW):

@@ -121,7 +121,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
-    model, trainable, n_train, trained_rows = prepare_stage(model, stage, rows)
+    model, trainable, n_train, trained_rows, row_gate = prepare_stage(model, stage, rows)
     log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
              stage.steps)
     args = _training_args(cfg, stage, folder, progress)
@@ -129,7 +129,7 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
                              sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
-                             trained_rows=trained_rows,
+                             trained_rows=trained_rows, row_gate=row_gate,
                              callbacks=list(callbacks) + ([budget] if budget is not None else []))
     if not progress:  # quiet as a library: the losses are in the returned log_history
         trainer.remove_callback(PrinterCallback)

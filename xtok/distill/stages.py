@@ -7,7 +7,9 @@ Stage 2 trains everything, or LoRA adapters (peft) that are merged back when the
 A ``new_rows`` stage (healing a transplant) trains only the rows the transplant made, of the input
 embeddings (default) and/or the head (``row_spaces``): the rows of tokens the original model lacks, and the
 shared rows it changed; the other rows' gradients are zeroed and ``RowAdam`` keeps moments for the trained rows
-only, so the other rows stay exactly as they are (its weight decay must be 0).
+only, so the other rows stay exactly as they are (its weight decay must be 0). Where the head's rows train, by
+default (``head_rows: batch``) a step moves only those of tokens its batch holds or the model predicts first: the
+softmax gradient reaches every row, and Adam would move each new row by about the learning rate per step.
 """
 
 from __future__ import annotations
@@ -78,14 +80,44 @@ def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Te
     return out
 
 
-def restrict_rows(model, rows: dict[str, torch.Tensor]) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+class BatchRows:
+    """The head rows one micro-batch may move (``head_rows: batch``): the tokens it holds (inputs and targets) and
+    the model's first choices at its target positions. ``record`` is called in the loss, before the backward that
+    reads ``mask`` in the head's gradient hook; each micro-batch's gradient is gated by its own rows."""
+
+    def __init__(self, vocab: int):
+        self.vocab, self.mask = vocab, None
+
+    def record(self, input_ids: torch.Tensor, targets: torch.Tensor, predicted: torch.Tensor | None = None) -> None:
+        """``targets`` and ``predicted``: the ids at the positions that count (flat or any shape)."""
+        mask = torch.zeros(self.vocab, dtype=torch.bool, device=input_ids.device)
+        for ids in (input_ids, targets, predicted):
+            if ids is not None:
+                ids = ids.reshape(-1)
+                mask[ids[(ids >= 0) & (ids < self.vocab)]] = True
+        self.mask = mask
+
+    def gate(self, g: torch.Tensor) -> torch.Tensor:
+        if self.mask is None:
+            raise RuntimeError("head_rows: batch needs the loss to record the batch's rows before backward "
+                               "(DistillTrainer with row_gate)")
+        return g * self.mask[:, None].to(g.device, g.dtype)
+
+
+def restrict_rows(model, rows: dict[str, torch.Tensor],
+                  gate: BatchRows | None = None) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
     """Zero the gradient of every embedding and head row not in ``rows`` (masks from ``changed_rows``); a tied
     matrix trains the union of its two masks (the gradient norm, and so clipping, sees only the trained rows).
+    With ``gate``, the head's matrix (tied or not) is also gated by the rows its micro-batch recorded.
     Returns each matrix with the ids of its rows that train, for ``RowAdam``."""
     masks = _row_masks(model, rows)
+    head = model.get_output_embeddings()
     for p, mask in masks.values():
         keep = mask[:, None]
-        p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
+        if gate is not None and head is not None and head.weight is p:
+            p.register_hook(lambda g, keep=keep: gate.gate(g * keep.to(g.device, g.dtype)))
+        else:
+            p.register_hook(lambda g, keep=keep: g * keep.to(g.device, g.dtype))  # the Trainer moves the model later
     return [(p, mask.nonzero()[:, 0]) for p, mask in masks.values()]
 
 
@@ -105,10 +137,12 @@ def _row_masks(model, rows: dict[str, torch.Tensor]) -> dict[int, tuple[torch.nn
     return masks
 
 
-def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> tuple[object, list[str], int, list | None]:
+def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None
+                  ) -> tuple[object, list[str], int, list | None, BatchRows | None]:
     """The model to train in ``stage`` (a StageConfig), the names of its trainable parameters, how many parameters
     train (a ``new_rows`` stage: only its rows' entries; it needs the ``rows`` masks from ``changed_rows``) and, for a
-    ``new_rows`` stage, each matrix with its trained row ids (for ``RowAdam``; None for the other stages)."""
+    ``new_rows`` stage, each matrix with its trained row ids (for ``RowAdam``; None for the other stages) and, where
+    head rows train under ``head_rows: batch``, the ``BatchRows`` gate the loss must feed (else None)."""
     if stage.train == "new_rows":
         if rows is None:
             raise ValueError("a new_rows stage trains the rows a transplant made: set original (the model it was "
@@ -118,7 +152,10 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
         names = select_trainable(model, "embeddings")
         # a tied matrix is both spaces: it trains the rows of the spaces asked for
         keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
-        trained = [(p, ids) for p, ids in restrict_rows(model, keep) if len(ids)]
+        head = model.get_output_embeddings()
+        heads_train = head is not None and any(head.weight is p and mask.any() for p, mask in _row_masks(model, keep).values())
+        gate = BatchRows(head.weight.shape[0]) if heads_train and stage.head_rows == "batch" else None
+        trained = [(p, ids) for p, ids in restrict_rows(model, keep, gate) if len(ids)]
         if not trained:
             raise ValueError(f"the new_rows stage has no row to train in {list(stage.row_spaces)}: the model's rows "
                              "there equal its original's; train another space (row_spaces) or use another stage")
@@ -126,10 +163,10 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None) -> 
             if all(p is not q for q, _ in trained):  # a matrix none of whose rows train: frozen, no gradient at all
                 p.requires_grad_(False)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        return model, names, sum(len(ids) * p.shape[1] for p, ids in trained), trained
+        return model, names, sum(len(ids) * p.shape[1] for p, ids in trained), trained, gate
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
     else:
         names = select_trainable(model, stage.train)
-    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad), None  # parameters(): tied once
+    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad), None, None  # tied once

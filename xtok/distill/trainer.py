@@ -48,9 +48,10 @@ class DistillTrainer(Trainer):
                  ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
                  sample_temperature: float = 1.0, fused_head: bool = False,
                  trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None,
-                 row_sparse_input: bool = True, **kwargs):
+                 row_gate=None, row_sparse_input: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.trained_rows = trained_rows  # a new_rows stage: RowAdam over these rows replaces the Trainer's optimizer
+        self.row_gate = row_gate  # a BatchRows (head_rows: batch): each training micro-batch records its head rows
         self.row_sparse_input = row_sparse_input
         self._sparse_embedding = None  # the nn.Embedding switched to sparse gradients for this training, if any
         if not 0.0 <= on_policy <= 1.0:
@@ -87,8 +88,11 @@ class DistillTrainer(Trainer):
         if self.trained_rows is not None:
             from xtok.distill.row_adam import RowAdam
 
+            head = self.model.get_output_embeddings() if self.row_gate is not None else None
+            lazy = [p for p, _ in self.trained_rows if head is not None and p is head.weight]
             self.optimizer = RowAdam(self.trained_rows, lr=self.args.learning_rate,
-                                     betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon)
+                                     betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
+                                     lazy=lazy)
             return self.optimizer
         model = self.model if model is None else model
         embedding = self._row_sparse_embedding(model)
@@ -276,9 +280,13 @@ class DistillTrainer(Trainer):
         fused = self._fused_loss(model, inputs, fwd, mask, targets) if self.fused_head and not return_outputs else None
         if fused is not None:
             total, count, outputs = fused
+            predicted = None  # the fused head never holds the logits: the batch's tokens only
         else:
             outputs = model(**fwd)
             total, count = self._loss(outputs.logits[:, :-1], self._teacher_view(inputs, fwd), mask, targets)
+            predicted = outputs.logits[:, :-1].detach().argmax(-1)[mask] if self.row_gate is not None else None
+        if self.row_gate is not None and model.training:
+            self.row_gate.record(fwd["input_ids"], targets[mask], predicted)
         denom = num_items_in_batch if num_items_in_batch is not None else count
         step = self.state.global_step
         if int(denom) == 0:
