@@ -11,7 +11,7 @@ For each backend (hf: transformers assisted generation; vllm: vLLM draft_model) 
 target generates greedily without and with the drafter on the same held-out prompts, one request at
 a time: (a) the untouched drafter keeps its own tokenizer (hf: Universal Assisted Generation, vllm:
 use_heterogeneous_vocab); (b) the drafter transplanted to the target's tokenizer (xtok transplant);
-(c) with --distilled, the transplanted drafter after distillation; (d) the in-family drafter
+(c) with --healed / --distilled, the transplanted drafter after `xtok heal` / distillation; (d) the in-family drafter
 (--in-family, a smaller model of the target's own family and tokenizer: what a user would pick instead).
 Every run measures its own target-alone speed (it varied 2x between runs here), so the speed-up is paired;
 each (backend, drafter, k) is run --repeats times, repeat-major (a stopped run leaves whole repeats), and
@@ -34,7 +34,7 @@ from xtok.utils.io import command_line, machine_info, package_versions, write_js
 
 COLUMNS = ("backend", "drafter_kind", "k", "acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone",
            "tokens_per_second_with_drafter", "speedup", "lossless")
-KINDS = ("in_family", "untouched", "transplanted", "distilled")
+KINDS = ("in_family", "untouched", "transplanted", "healed", "distilled")
 SUMMED = ("tokens_per_second_target_alone", "tokens_per_second_with_drafter", "speedup")
 DEFAULT_TARGET = "qwen2.5-coder-0.5b"
 
@@ -78,6 +78,7 @@ def main() -> None:
                     help="a smaller model with the target's tokenizer (for the 1.5B target: Qwen2.5-Coder-0.5B)")
     ap.add_argument("--untouched", default="smollm2-135m", help="the drafter with its own tokenizer")
     ap.add_argument("--transplanted", default=None, help="the drafter given the target's tokenizer (xtok transplant)")
+    ap.add_argument("--healed", default=None, help="the transplanted drafter after `xtok heal`")
     ap.add_argument("--distilled", default=None,
                     help="optional: the transplanted drafter after `xtok distill` (e.g. an end-to-end run's distill/)")
     ap.add_argument("--backends", nargs="+", default=["hf", "vllm"])
@@ -88,7 +89,7 @@ def main() -> None:
     ap.add_argument("--prompt-domains", nargs="+", default=None, help="only prompts of these domains (e.g. code)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (backend, drafter, k), min and median kept")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
-                    help="which drafters to run (distilled needs --distilled)")
+                    help="which drafters to run (healed needs --healed, distilled --distilled)")
     ap.add_argument("--append", "--resume", dest="append", action="store_true",
                     help="add to an existing --out written with the same settings, skipping the runs it holds (e.g. "
                          "--kinds distilled after a run without --distilled, or the rest of a stopped run); greedy "
@@ -116,11 +117,13 @@ def main() -> None:
         result = {"machine": machine_info(), "packages": package_versions(), "command": command,
                   "settings": settings, "runs": []}
     paths = {"in_family": (args.in_family, False), "untouched": (args.untouched, True),
-             "transplanted": (args.transplanted, False), "distilled": (args.distilled, False)}
-    if "distilled" in args.kinds and not args.distilled:
-        if "distilled" in sys.argv:
-            sys.exit("--kinds distilled needs --distilled DIR (the drafter after `xtok distill`)")
-        args.kinds.remove("distilled")
+             "transplanted": (args.transplanted, False), "healed": (args.healed, False),
+             "distilled": (args.distilled, False)}
+    for kind, job in (("healed", "xtok heal"), ("distilled", "xtok distill")):
+        if kind in args.kinds and not paths[kind][0]:
+            if kind in sys.argv:
+                sys.exit(f"--kinds {kind} needs --{kind} DIR (the drafter after `{job}`)")
+            args.kinds.remove(kind)
     drafters = {kind: paths[kind] for kind in args.kinds}
     if "transplanted" in drafters and not args.transplanted:
         sys.exit("--transplanted DIR is required unless --kinds leaves it out (xtok transplant writes it)")
