@@ -175,6 +175,7 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
         loss, spaces, head_rows = (text.split(":") + ["", ""])[:3]
         spaces = spaces.split("+") if spaces else args.row_spaces
         variants[text] = (loss, spaces, head_rows or args.head_rows)
+    healed_dirs = {}
     for name, (loss, spaces, head_rows) in variants.items():
         cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{name.replace(':', '-')}"),
                          loss=loss, stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
@@ -185,6 +186,7 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
             t0 = time.perf_counter()
             out, rep = run_heal(cfg)
             seconds = time.perf_counter() - t0
+        healed_dirs[name] = out
         stage = rep["stages"][0]
         result["heal"][name] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
                                 "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
@@ -195,7 +197,7 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
         print(json.dumps(result["heal"][name]["curve"], indent=1))
     best = min(variants, key=lambda name: result["heal"][name]["curve"][-1]["overall"])
     result["heal_chosen_on_validation"] = best
-    healed, h_tok = load_model(str(work / f"healed-{best.replace(':', '-')}"))
+    healed, h_tok = load_model(str(healed_dirs[best]))
     loss, spaces, head_rows = variants[best]
     rows = "+".join(spaces) + (f" rows, head_rows {head_rows}" if "output" in spaces else " rows")
     name = f"healed ({loss}, {args.steps} steps, {rows})"
