@@ -152,28 +152,9 @@ def test_subword_prior_without_a_teacher_model_takes_an_alignments_counts(real_t
     assert (out[a] - base).norm() > 0
 
 
-def test_subword_prior_families_hold_exactly_the_students_probability(real_tokenizer):
-    """At a hidden state with h · v = 1, the members of each first piece p's family (the teacher tokens spelled p ...,
-    shared or new) have exp-logits summing to exp(p's student logit): Σ_t exp(h · w_t) = exp(h · w_p)."""
-    from xtok.transplant.apply import Plan, space_rows
-
-    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
-    tmap = build_token_map(qwen, smol)
-    torch.manual_seed(0)
-    d = 8
-    student = torch.randn(len(smol), d) / 3
-    v = torch.randn(d)
-    prior = torch.rand(len(qwen), dtype=torch.float64) + 1e-3
-    cal = Calibration(v, 0.0, prior / prior.sum(), {"teacher": 1}, 0.0)
-    tcv = canonical_vocab(qwen)
-    anchor_t, anchor_s = tmap.anchors()
-    plan = Plan(tmap, "mean", "subword-prior", False, len(qwen),
-                dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=smol,
-                     student_of=tmap.student_of))
-    rows, report = space_rows(plan, "output", student, None, cal)
-    h = torch.randn(3, d).double()
-    h = h - ((h @ v.double() - 1) / v.double().dot(v.double()))[:, None] * v.double()  # h · v = 1 exactly
-    # independent reference for the families: the student's tokenization of each token's text, its own id if shared
+def reference_first_pieces(qwen, smol, tmap, tcv) -> torch.Tensor:
+    """Independent of xtok's first_pieces: the student's tokenization of each teacher token's text, its own id if
+    shared, the student's longest token a partial UTF-8 sequence starts with; -1 for none."""
     first = torch.full((len(qwen),), -1)
     by_bytes = {b: i for i, b in enumerate(canonical_vocab(smol).bytes_of) if b}
     texts, where = [], []
@@ -184,14 +165,139 @@ def test_subword_prior_families_hold_exactly_the_students_probability(real_token
             try:
                 texts.append(b.decode("utf-8"))
                 where.append(t)
-            except UnicodeDecodeError:  # a partial UTF-8 sequence: the student's longest token it starts with
+            except UnicodeDecodeError:
                 first[t] = next((by_bytes[b[:j]] for j in range(len(b), 0, -1) if b[:j] in by_bytes), -1)
     for t, ids in zip(where, smol(texts, add_special_tokens=False)["input_ids"]):
         first[t] = ids[0] if ids else -1
+    return first
+
+
+def family_rows(real_tokenizer, head_context: float = 0.0, context=None, donor=None, seed: int = 0):
+    """subword-prior head rows of a random SmolLM2-shaped student with Qwen's tokenizer, and what a check needs."""
+    from xtok.transplant.apply import Plan, space_rows
+
+    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    tmap = build_token_map(qwen, smol)
+    torch.manual_seed(seed)
+    d = 8
+    student = torch.randn(len(smol), d) / 3
+    v = torch.randn(d)
+    prior = torch.rand(len(qwen), dtype=torch.float64) + 1e-3
+    cal = Calibration(v, 0.0, prior / prior.sum(), {"teacher": 1}, 0.0, context)
+    tcv = canonical_vocab(qwen)
+    anchor_t, anchor_s = tmap.anchors()
+    plan = Plan(tmap, "mean", "subword-prior", False, len(qwen),
+                dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=smol,
+                     student_of=tmap.student_of, head_context=head_context))
+    rows, report = space_rows(plan, "output", student, donor, cal)
+    first = reference_first_pieces(qwen, smol, tmap, tcv)
+    return SimpleNamespace(rows=rows, report=report, student=student, v=v, prior=prior / prior.sum(), first=first,
+                           smol=smol, qwen=qwen)
+
+
+def on_plane(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``h`` moved along ``v`` so that h · v = 1 exactly (float64)."""
+    h, v = h.double(), v.double()
+    return h - ((h @ v - 1) / v.dot(v))[..., None] * v
+
+
+def test_subword_prior_families_hold_exactly_the_students_probability(real_tokenizer):
+    """At a hidden state with h · v = 1, the members of each first piece p's family (the teacher tokens spelled p ...,
+    shared or new) have exp-logits summing to exp(p's student logit): Σ_t exp(h · w_t) = exp(h · w_p)."""
+    f = family_rows(real_tokenizer)
+    h = on_plane(torch.randn(3, 8), f.v)
+    first = f.first
     pieces = torch.unique(first[first >= 0])
-    logits = rows.double() @ h.T  # (V_t, 3)
-    mass = torch.zeros((len(smol), 3), dtype=torch.float64).index_add_(0, first[first >= 0], logits[first >= 0].exp()).log()
-    want = (student.double() @ h.T)[pieces]
+    logits = f.rows.double() @ h.T  # (V_t, 3)
+    mass = torch.zeros((len(f.smol), 3), dtype=torch.float64).index_add_(0, first[first >= 0], logits[first >= 0].exp()).log()
+    want = (f.student.double() @ h.T)[pieces]
     # float32 rows: each logit is off by ~|h||w| * 2^-24; a log of a sum of such terms by as much
     torch.testing.assert_close(mass[pieces], want, rtol=0, atol=1e-5)
-    assert report["subword_prior"]["shared_rows_replaced"] > 1000 and len(pieces) > 20000
+    assert f.report["subword_prior"]["shared_rows_replaced"] > 1000 and len(pieces) > 20000
+
+
+def test_subword_prior_context_term_shifts_shares_within_each_family(real_tokenizer):
+    """head_context alpha: a member t of p's family gets alpha · (A (h - h̄)) · (u_t - ū_p) on top of its static logit
+    (u: the teacher's head rows, ū_p their prior-weighted family mean): zero at h̄, prior-weighted sum zero over each
+    family at every h, so the family's mass is kept to first order, and at h̄ exactly."""
+    from xtok.transplant.calibrate import ContextMap
+
+    d_t, alpha = 5, 0.7
+    gen = torch.Generator().manual_seed(3)
+    qwen_rows = len(real_tokenizer("qwen2.5-coder-0.5b"))
+    donor = torch.randn(qwen_rows, d_t, generator=gen)
+    weight = torch.randn(d_t, 8, generator=gen)
+    static = family_rows(real_tokenizer)
+    h_bar = on_plane(torch.randn(8, generator=gen), static.v).float()
+    cm = ContextMap(weight, h_bar, 0.01, 0.5, 100)
+    f = family_rows(real_tokenizer, head_context=alpha, context=cm, donor=donor)
+    first, prior = f.first, f.prior
+    ok = first >= 0
+    h = on_plane(torch.randn(4, 8, generator=gen), f.v)
+    # independent reference, in float64: family means of the teacher rows by the reference families
+    fam_mass = torch.zeros(len(f.smol), dtype=torch.float64).index_add_(0, first[ok], prior[ok])
+    u_bar = torch.zeros(len(f.smol), d_t, dtype=torch.float64).index_add_(0, first[ok], prior[ok, None] * donor[ok].double())
+    u_bar = u_bar / fam_mass.clamp_min(1e-300)[:, None]
+    teacher_states = (h - h_bar.double()) @ weight.double().T  # (4, d_t): A (h - h̄)
+    want_term = ((donor[ok].double() - u_bar[first[ok]]) @ teacher_states.T) * alpha  # (members, 4)
+    got_term = (f.rows.double() - static.rows.double())[ok] @ h.T
+    # float32 rows of size ~|A||u| each: logits off by ~1e-5 of their scale
+    scale = float(want_term.abs().max())
+    torch.testing.assert_close(got_term, want_term, rtol=0, atol=1e-5 * scale)
+    members = torch.bincount(first[ok], minlength=len(f.smol))
+    r = prior[ok] / fam_mass[first[ok]]
+    weighted = torch.zeros(len(f.smol), 4, dtype=torch.float64).index_add_(0, first[ok], r[:, None] * got_term)
+    assert float(weighted[members > 1].abs().max()) < 1e-5 * scale  # Σ_t r_t term_t(h) = 0 in every family
+    assert float(want_term.abs().mean()) > 0.1  # the term is not trivially zero
+    # at h̄ the rows are the static ones: the family mass identity holds exactly there
+    at_bar = (f.rows.double() - static.rows.double()) @ h_bar.double()
+    assert float(at_bar.abs().max()) < 1e-5 * scale
+    assert f.report["subword_prior"]["head_context"] == alpha
+
+
+class BytesLM(torch.nn.Module):
+    """Hidden state at each position: the UTF-8 bytes its tokens have spelled so far (and a constant 1)."""
+
+    def __init__(self, tok):
+        super().__init__()
+        self.size = torch.tensor([len(b or b"") for b in canonical_vocab(tok).bytes_of], dtype=torch.float32)
+
+    def forward(self, input_ids, output_hidden_states=False, logits_to_keep=0):
+        spelled = self.size[input_ids].cumsum(-1)
+        h = torch.stack([spelled, torch.ones_like(spelled)], -1)
+        return SimpleNamespace(hidden_states=[h], logits=h[:, -logits_to_keep:])
+
+
+@pytest.mark.parametrize("pair", [("smollm2-135m", "qwen2.5-coder-0.5b"), ("smollm2-135m", "gemma3-270m")])
+def test_context_map_pairs_positions_that_have_read_the_same_bytes(real_tokenizer, pair):
+    """The context map's pairs are exactly the byte offsets where both tokenizations end a token on a character
+    boundary (a character split over byte tokens ends once), and the states paired have read the same bytes."""
+    from xtok.transplant.calibrate import RIDGES, _final_states, fit_context_map, paired_states
+
+    s_tok, t_tok = (real_tokenizer(n) for n in pair)
+    texts = ["déjà vu: 日本語のテキスト, x = f(12345) + 0.5;\n\tif x:\n        return 'ok'  # ünïcödé 🙂",
+             "Ein Satz mit Umlauten: Größe, Übermaß. 中文也可以。"]
+    items = {}
+    for name, tok in (("s", s_tok), ("t", t_tok)):
+        items[name] = list(_final_states(BytesLM(tok), tok, texts, 10**6, 512, logits=False, ends=True))
+    hs, ht = paired_states(items["s"], items["t"])
+    # independent reference: cumulative canonical bytes after each token, on each side, at character boundaries
+    want = []
+    for text in texts:
+        bounds = {len(text[:c].encode()) for c in range(1, len(text) + 1)}
+        ends = []
+        for tok in (s_tok, t_tok):
+            size = [len(b or b"") for b in canonical_vocab(tok).bytes_of]
+            ends.append(set(torch.tensor([size[i] for i in tok(text)["input_ids"]]).cumsum(0).tolist()))
+        want += sorted(ends[0] & ends[1] & bounds)
+    assert hs[:, 0].tolist() == ht[:, 0].tolist() == want
+    assert len(want) > 40
+    # a teacher state that is an affine function of the student's is recovered
+    h = torch.randn(400, 3, generator=torch.Generator().manual_seed(0))
+    a, b = torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, 1.0]]), torch.tensor([0.3, -1.0])
+    cm = fit_context_map(h, h @ a.T + b)
+    assert cm.r2 > 0.9999 and cm.ridge == RIDGES[0]  # no noise: the smallest ridge wins
+    torch.testing.assert_close(cm.weight, a, rtol=0, atol=1e-3)  # ridge 1e-4 x mean eigenvalue: a 1e-4 shrink
+    torch.testing.assert_close(cm.student_mean, h.mean(0))
+    with pytest.raises(ValueError, match="at least 6"):
+        fit_context_map(h[:5], h[:5])

@@ -76,6 +76,8 @@ def transplant_cmd(
                                                            "over N calibration positions [default: 0, off]")] = None,
     head_fit_teacher_weight: Annotated[Optional[float], typer.Option(help="the teacher's share of the head fit's "
                                                                    "targets (its top-k distribution) [default: 0]")] = None,
+    head_context: Annotated[Optional[float], typer.Option(help="subword-prior: weight of the context term (the "
+                                                          "teacher's in-family preference, mapped) [default: 0, off]")] = None,
     max_coef_norm: Annotated[Optional[float], typer.Option(help="refuse new rows whose OMP coefficient norm (1 = no "
                                                            "cancellation) is above this: planted codes")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
@@ -88,7 +90,7 @@ def transplant_cmd(
              "head_method": head_method, "k": k, "candidates": candidates, "exact": exact, "chunk": chunk, "dtype": dtype,
              "out_dtype": out_dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
-             "head_fit_teacher_weight": head_fit_teacher_weight,
+             "head_fit_teacher_weight": head_fit_teacher_weight, "head_context": head_context,
              "max_coef_norm": max_coef_norm, "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))

@@ -56,6 +56,9 @@ class TransplantConfig(Strict):
     calibration_data: str = Field("bundled:train", description="text run through both models by methods that "
                                   "calibrate (subword-prior)")
     calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
+    head_context: float = Field(0.0, ge=0, description="subword-prior: weight of the context term, the teacher's "
+                                "in-family preference at each position read through a linear map of the student's "
+                                "hidden state (0: off; 1: its first-order value)")
     head_fit_tokens: int = Field(0, ge=0, description="positions of calibration_data the head is fitted on (0: off)")
     head_fit_l2: float = Field(0.1, gt=0, description="head fit: pull of each fitted row to its transplanted row")
     head_fit_iterations: int = Field(30, ge=1, description="head fit: L-BFGS iterations")
@@ -76,6 +79,11 @@ class TransplantConfig(Strict):
             raise ValueError(f"head_fit_teacher_weight={self.head_fit_teacher_weight} needs a head fit "
                              f"(head_fit_tokens > 0, given {self.head_fit_tokens}) and the teacher model "
                              f"(teacher_tokenizer_only is {self.teacher_tokenizer_only}); set both or leave it at 0")
+        if self.head_context > 0 and (self.teacher_tokenizer_only or (self.head_method or self.method) != "subword-prior"):
+            raise ValueError(f"head_context={self.head_context} is a term of the subword-prior head and reads the teacher "
+                             f"model's head (head method {self.head_method or self.method!r}, teacher_tokenizer_only "
+                             f"{self.teacher_tokenizer_only}); use --head-method subword-prior with a teacher model, or "
+                             "leave head_context at 0")
         return self
 
 

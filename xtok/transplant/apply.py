@@ -172,6 +172,7 @@ def transplant(
     alignment: Any = None,
     calibration_data: str = "bundled:train",
     calibration_tokens: int = 2048,
+    head_context: float = 0.0,
     safety_z: float = 15.0,
     max_coef_norm: float | None = None,
     progress: bool = False,
@@ -190,7 +191,8 @@ def transplant(
     given as a tokenizer only: its config's), else ``len(teacher_tok)``; rows past the tokenizer are zero.
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
-    ``calibration_tokens`` positions of ``calibration_data`` run through both models. Rows made from OMP codes are
+    ``calibration_tokens`` positions of ``calibration_data`` run through both models; ``head_context`` > 0 adds
+    subword-prior's context term (the calibration then also fits the context map). Rows made from OMP codes are
     scanned for planted codes (``xtok.transplant.safety``): outliers past ``safety_z`` are listed in the report and
     logged, and ``max_coef_norm`` refuses the transplant where a code's coefficient norm exceeds it.
     """
@@ -203,6 +205,7 @@ def transplant(
                                   donor_rows=None if d_in is None else d_in.shape[0], teacher_vocab_size=teacher_vocab_size,
                                   k=k, candidates=candidates, chunk=chunk, dtype=dtype, alignment=alignment,
                                   safety_z=safety_z, max_coef_norm=max_coef_norm, progress=progress)
+    plan.space["head_context"] = head_context
     rows = plan.rows
     calibration = None
     if needs.calibration:
@@ -210,7 +213,7 @@ def transplant(
 
         calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
                                 calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
-                                counts=None if alignment is None else alignment.target.counts)
+                                counts=None if alignment is None else alignment.target.counts, context=head_context > 0)
     tied = is_tied(student_model)
     untie = tied and plan.head_method != plan.method
     new_in, rep_in = space_rows(plan, "input", s_in, d_in, calibration)

@@ -45,6 +45,7 @@ class Space:
     code_cache: dict = field(default_factory=dict)  # OMP codes by donor and tokens, shared by a transplant's spaces
     safety_z: float = 15.0  # robust z-score past which the safety scan flags a row
     max_coef_norm: float | None = None  # refuse rows whose OMP coefficient norm is above this
+    head_context: float = 0.0  # subword-prior: weight of the context term (the teacher's in-family preference here)
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:
@@ -232,9 +233,12 @@ def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
     family = torch.zeros(rows_s, dtype=torch.float64).index_add_(0, p1[ok], prior[ok])
     members = torch.zeros(rows_s, dtype=torch.long).index_add_(0, p1[ok], torch.ones(int(ok.sum()), dtype=torch.long))
 
+    context = _family_context(space, p1, prior, family, ok) if space.head_context else None
+
     def rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_share = (prior[ids] / family[p1[ids]]).log().float()
-        return space.student[p1[ids]] + log_share[:, None] * cal.direction[None, :], log_share
+        out = space.student[p1[ids]] + log_share[:, None] * cal.direction[None, :]
+        return (out if context is None else out + context(ids)), log_share
 
     out = space.student.mean(0).expand(len(new_ids), -1).clone()
     has = p1[new_ids] >= 0
@@ -246,5 +250,35 @@ def subword_prior_init(space: Space, new_ids: torch.Tensor) -> torch.Tensor:
         space.replaced = (shared, rows(shared)[0])
     space.details["subword_prior"] = {"mean_log_share": round(float(log_share.mean()), 3) if len(log_share) else None,
                                       "shared_rows_replaced": 0 if space.replaced is None else len(space.replaced[0]),
-                                      **cal.report()}
+                                      "head_context": space.head_context, **cal.report()}
     return out
+
+
+def _family_context(space: Space, p1: torch.Tensor, prior: torch.Tensor, family: torch.Tensor, ok: torch.Tensor):
+    """The context term of subword-prior's rows, as a function of teacher ids: ``alpha · ((A (h - h̄)) · (u_t - ū))``
+    with ``u_t`` the teacher's head row of t, ``ū`` the prior-weighted mean row of t's family, ``A`` the calibration's
+    context map (teacher state from student state) and ``h̄`` its mean student state. It is the first-order change of
+    t's share of its family when the teacher, here, likes t more or less than on average: zero at ``h̄``, and its
+    prior-weighted sum over a family is zero at every ``h`` (Σ r_t (u_t - ū) = 0), so the family keeps its mass to
+    first order. As a row: ``alpha · Aᵀ(u_t - ū)``, minus its value at ``h̄`` along the constant direction ``v``."""
+    cal = space.calibration
+    if cal.context is None:
+        raise ValueError("subword-prior with head_context > 0 needs a calibration with a context map (calibrate(..., "
+                         "context=True)); transplant() fits one when head_context is set")
+    teacher = space.need_donor("subword-prior with head_context > 0")  # (V_t, d_t): the teacher's head
+    n, cm = len(p1), cal.context
+    if teacher.shape[1] != cm.weight.shape[0]:
+        raise ValueError(f"the teacher's head has width {teacher.shape[1]} but the context map predicts states of width "
+                         f"{cm.weight.shape[0]}: the calibration must come from this teacher")
+    mean_row = torch.zeros(space.student.shape[0], teacher.shape[1], dtype=torch.float64)
+    for s in range(0, n, 16384):  # the prior-weighted family sums, a slice at a time (no (V_t, d_t) float64 copy)
+        sl = torch.arange(s, min(s + 16384, n))
+        sl = sl[ok[sl]]
+        mean_row.index_add_(0, p1[sl], prior[sl, None] * teacher[sl].double())
+    mean_row = (mean_row / family.clamp_min(1e-300)[:, None]).float()
+
+    def term(ids: torch.Tensor) -> torch.Tensor:
+        row = (teacher[ids] - mean_row[p1[ids]]) @ cm.weight  # (m, d_s): h · row = (A h) · (u_t - ū)
+        return space.head_context * (row - (row @ cm.student_mean)[:, None] * cal.direction[None, :])
+
+    return term

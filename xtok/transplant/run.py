@@ -76,7 +76,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
                                teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
-                               calibration_tokens=cfg.calibration_tokens, safety_z=cfg.safety_z,
+                               calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
+                               safety_z=cfg.safety_z,
                                max_coef_norm=cfg.max_coef_norm,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
