@@ -301,3 +301,26 @@ def test_context_map_pairs_positions_that_have_read_the_same_bytes(real_tokenize
     torch.testing.assert_close(cm.student_mean, h.mean(0))
     with pytest.raises(ValueError, match="at least 6"):
         fit_context_map(h[:5], h[:5])
+
+
+def test_transplant_with_head_context_changes_only_the_head_rows_of_families(real_tokenizer):
+    from xtok.config import TransplantConfig
+
+    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    student, teacher = build_tiny("llama", smol), build_tiny("qwen2", qwen, seed=1)
+    kw = dict(teacher_model=teacher, method="mean", head_method="subword-prior", calibration_tokens=512)
+    static, _ = transplant(student, smol, qwen, **kw)
+    moved, report = transplant(student, smol, qwen, head_context=0.5, **kw)
+    sp = report["spaces"]["output"]["subword_prior"]
+    assert sp["head_context"] == 0.5 and sp["context_map"]["positions"] >= 2 * student.config.hidden_size
+    assert torch.equal(moved.get_input_embeddings().weight, static.get_input_embeddings().weight)
+    changed = (moved.get_output_embeddings().weight != static.get_output_embeddings().weight).any(1)
+    tmap = build_token_map(qwen, smol)
+    assert int(changed.sum()) > 1000 and not changed[tmap.shared_teacher_ids].all()  # lone shared pieces keep theirs
+    with pytest.raises(ValueError, match="head_context=0.5 is a term of the subword-prior head"):
+        TransplantConfig(student="s", teacher="t", head_method="focus", head_context=0.5)
+    with pytest.raises(ValueError, match="head_context=0.5 is a term of the subword-prior head"):
+        TransplantConfig(student="s", teacher="t", teacher_tokenizer_only=True, alignment="a", method="tokalign",
+                         head_context=0.5)
+    with pytest.raises(ValueError, match="context map needs the teacher model"):
+        calibrate(student, smol, ["some text"], 64, counts=torch.ones(3), context=True)

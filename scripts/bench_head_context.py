@@ -1,0 +1,129 @@
+"""Benchmark subword-prior's context term (``head_context``) against the static subword-prior head, zero-shot.
+
+    .venv/bin/python scripts/bench_head_context.py --transplanted DIR --tokens 2048 8192 --alphas 0 0.5 1 1.5
+
+1. The transplant: DIR (an `xtok transplant` output of the pair with the default settings), or one made here with them.
+2. For each --tokens N: the calibration with the context map (the teacher's final state from the student's, ridge,
+   on the positions of N calibration tokens where both tokenizations end a token), then the head for each alpha; the
+   input rows stay the transplant's. The context term is linear in alpha: the heads for alpha 0 and 1 give every other.
+3. Validation (documents of ../shared/corpus/train not in bundled:train, as in bench_heal.py): every (N, alpha); the
+   setting with the lowest overall bits per byte is kept.
+4. Eval (bundled:eval, the README's split): untouched student, the transplant as made, the kept setting; bits per byte
+   per domain with 95% bootstrap intervals and the paired ratio to the untouched student.
+Writes bench/results/head_context.json (another pair: head_context-STUDENT-TEACHER.json). One heavy job at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_heal import public, score, validation_docs  # noqa: E402
+from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results  # noqa: E402
+
+from xtok.config import TransplantConfig  # noqa: E402
+from xtok.corpus import load_corpus  # noqa: E402
+from xtok.models.load import load_model  # noqa: E402
+from xtok.transplant.apply import _matrix, plan_transplant, space_rows  # noqa: E402
+from xtok.transplant.calibrate import calibrate, calibration_texts  # noqa: E402
+from xtok.transplant.run import run_transplant  # noqa: E402
+from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
+
+
+def overall(entry: dict) -> float:
+    """Bits per byte over every document of a ``score`` result."""
+    docs = entry["_docs"]
+    return sum(d.nll_nats for d in docs) / sum(d.bytes for d in docs) / math.log(2)
+
+
+def heads(student, s_tok, teacher, t_tok, tokens: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """(head at alpha 0, the context term at alpha 1, the calibration's report) for ``tokens`` calibration positions."""
+    t0 = time.perf_counter()
+    cal = calibrate(student, s_tok, calibration_texts("bundled:train", tokens), tokens, teacher_model=teacher,
+                    teacher_tok=t_tok, context=True)
+    s_out = _matrix(student.get_output_embeddings(), "output", student)
+    t_head = teacher.get_output_embeddings()
+    d_out = _matrix(t_head if t_head is not None else teacher.get_input_embeddings(), "output", teacher)
+    rows = {}
+    for alpha in (0.0, 1.0):
+        plan, _ = plan_transplant(s_tok, t_tok, method="omp", head_method="subword-prior", donor=True,
+                                  student_rows=s_out.shape[0], donor_rows=d_out.shape[0],
+                                  teacher_vocab_size=teacher.config.get_text_config().vocab_size)
+        plan.space["head_context"] = alpha
+        rows[alpha], _ = space_rows(plan, "output", s_out, d_out, cal)
+    return rows[0.0], rows[1.0] - rows[0.0], {**cal.report(), "seconds_with_heads": round(time.perf_counter() - t0, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--student", default=DEFAULT_PAIR[0])
+    ap.add_argument("--teacher", default=DEFAULT_PAIR[1])
+    ap.add_argument("--transplanted", default=None, help="the pair's default transplant (made here if not given)")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
+    ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+    ap.add_argument("--eval-docs", type=int, default=8)
+    ap.add_argument("--eval-chars", type=int, default=6000)
+    ap.add_argument("--val-docs", type=int, default=4)
+    ap.add_argument("--val-chars", type=int, default=3000)
+    ap.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    args.out = args.out or pair_results("head_context", (args.student, args.teacher))
+    result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
+              "student": args.student, "teacher": args.teacher, "load": args.load}
+    ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
+    ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
+    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
+    result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
+                      "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts))}}
+    path = args.transplanted
+    if path is None:
+        path = Path(tempfile.mkdtemp(prefix="bench-head-context-")) / "transplanted"
+        with PeakRSS() as mem:
+            _, rep = run_transplant(TransplantConfig(student=args.student, teacher=args.teacher, out=str(path)),
+                                    progress=False)
+        result["transplant"] = {"seconds": rep["seconds"], "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    student, s_tok = load_model(args.student)
+    teacher, t_tok = load_model(args.teacher)
+    model, m_tok = load_model(str(path))
+    head = model.get_output_embeddings().weight
+    made = head.detach().clone()
+    val = {"untouched": score(student, s_tok, val_texts, val_domains)}
+    val["transplanted"] = score(model, m_tok, val_texts, val_domains, val["untouched"])
+    result["validation"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in val.items()}
+    settings = {}
+    for tokens in args.tokens:
+        base, term, report = heads(student, s_tok, teacher, t_tok, tokens)
+        result.setdefault("calibrations", {})[str(tokens)] = report
+        for alpha in args.alphas:
+            name = f"tokens {tokens}, alpha {alpha:g}"
+            settings[name] = base + alpha * term
+            with torch.no_grad():
+                head.copy_(settings[name])
+            entry = score(model, m_tok, val_texts, val_domains, val["untouched"])
+            result["validation"][name] = {**public(entry), "overall": round(overall(entry), 4)}
+            print(name, result["validation"][name]["overall"], flush=True)
+            write_json(args.out, result)
+    best = min(settings, key=lambda n: result["validation"][n]["overall"])
+    result["chosen_on_validation"] = best
+    evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
+    with torch.no_grad():
+        head.copy_(made)
+    evals["transplanted (static subword-prior)"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
+    with torch.no_grad():
+        head.copy_(settings[best])
+    evals[f"transplanted, head_context ({best})"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
+    result["eval"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in evals.items()}
+    write_json(args.out, result)
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
