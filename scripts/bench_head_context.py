@@ -31,7 +31,7 @@ from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results  # noqa: E402
 from xtok.config import TransplantConfig  # noqa: E402
 from xtok.corpus import load_corpus  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
-from xtok.transplant.apply import _matrix, plan_transplant, space_rows  # noqa: E402
+from xtok.transplant.apply import _matrix, head_matrix, plan_transplant, space_rows  # noqa: E402
 from xtok.transplant.calibrate import calibrate, calibration_texts  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
 from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
@@ -49,14 +49,12 @@ def heads(student, s_tok, teacher, t_tok, tokens: int) -> tuple[torch.Tensor, to
     cal = calibrate(student, s_tok, calibration_texts("bundled:train", tokens), tokens, teacher_model=teacher,
                     teacher_tok=t_tok, context=True)
     s_out = _matrix(student.get_output_embeddings(), "output", student)
-    t_head = teacher.get_output_embeddings()
-    d_out = _matrix(t_head if t_head is not None else teacher.get_input_embeddings(), "output", teacher)
+    d_out = head_matrix(teacher)
     rows = {}
     for alpha in (0.0, 1.0):
         plan, _ = plan_transplant(s_tok, t_tok, method="omp", head_method="subword-prior", donor=True,
                                   student_rows=s_out.shape[0], donor_rows=d_out.shape[0],
-                                  teacher_vocab_size=teacher.config.get_text_config().vocab_size)
-        plan.space["head_context"] = alpha
+                                  teacher_vocab_size=teacher.config.get_text_config().vocab_size, head_context=alpha)
         rows[alpha], _ = space_rows(plan, "output", s_out, d_out, cal)
     return rows[0.0], rows[1.0] - rows[0.0], {**cal.report(), "seconds_with_heads": round(time.perf_counter() - t0, 1)}
 

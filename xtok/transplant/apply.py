@@ -32,6 +32,12 @@ def _matrix(module, what: str, model) -> torch.Tensor:
     return w
 
 
+def head_matrix(model) -> torch.Tensor:
+    """The model's output head as float32, its input embeddings where it has no head of its own."""
+    head = model.get_output_embeddings()
+    return _matrix(head if head is not None else model.get_input_embeddings(), "output", model)
+
+
 def is_tied(model) -> bool:
     inp, out = model.get_input_embeddings(), model.get_output_embeddings()
     return out is not None and inp.weight.data_ptr() == out.weight.data_ptr()
@@ -68,7 +74,8 @@ class Plan:
 def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str | None, donor: bool, student_rows: int,
                     donor_rows: int | None, teacher_vocab_size: int | None, k: int = 8, candidates: int | None = None,
                     chunk: int = 1024, dtype: str = "auto", alignment: Any = None, safety_z: float = 15.0,
-                    max_coef_norm: float | None = None, progress: bool = False) -> tuple[Plan, Any]:
+                    max_coef_norm: float | None = None, head_context: float = 0.0,
+                    progress: bool = False) -> tuple[Plan, Any]:
     """Token map, anchors and checks, before any row is computed; returns (plan, what ``check_methods`` says is needed)."""
     head_method = head_method or method
     needs = check_methods(method, head_method, teacher_model=donor, alignment=alignment is not None,
@@ -87,7 +94,8 @@ def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str |
     rows = max(len(teacher_tok), teacher_vocab_size or 0)  # the teacher's embedding rows: distill, vLLM expect them
     space = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=student_tok,
                  k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress, alignment=alignment,
-                 student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm, code_cache={})
+                 student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm, head_context=head_context,
+                 code_cache={})
     return Plan(tmap, method, head_method, needs.uses_k, rows, space, t0), needs
 
 
@@ -204,8 +212,8 @@ def transplant(
                                   donor=teacher_model is not None, student_rows=s_in.shape[0],
                                   donor_rows=None if d_in is None else d_in.shape[0], teacher_vocab_size=teacher_vocab_size,
                                   k=k, candidates=candidates, chunk=chunk, dtype=dtype, alignment=alignment,
-                                  safety_z=safety_z, max_coef_norm=max_coef_norm, progress=progress)
-    plan.space["head_context"] = head_context
+                                  safety_z=safety_z, max_coef_norm=max_coef_norm, head_context=head_context,
+                                  progress=progress)
     rows = plan.rows
     calibration = None
     if needs.calibration:
@@ -221,10 +229,7 @@ def transplant(
     new_out = None
     if not tied or untie:
         s_out = _matrix(student_model.get_output_embeddings(), "output", student_model)
-        d_out = None
-        if teacher_model is not None:
-            t_out = teacher_model.get_output_embeddings()
-            d_out = _matrix(t_out if t_out is not None else teacher_model.get_input_embeddings(), "output", teacher_model)
+        d_out = head_matrix(teacher_model) if teacher_model is not None else None
         new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, calibration)
 
     model = copy.deepcopy(student_model)

@@ -104,7 +104,7 @@ def paired_states(student: list, teacher: list) -> tuple[torch.Tensor, torch.Ten
     return torch.cat(hs), torch.cat(ht)
 
 
-RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # relative to the mean eigenvalue of the students' Gram matrix
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # relative to the mean eigenvalue of the student states' Gram matrix
 
 
 def fit_context_map(h: torch.Tensor, t: torch.Tensor, holdout: float = 0.2) -> ContextMap:
