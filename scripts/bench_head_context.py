@@ -25,16 +25,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_heal import public, score, validation_docs  # noqa: E402
-from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results  # noqa: E402
+from bench_heal import public, score, zero_shot_setup  # noqa: E402
+from bench_transplant import PeakRSS  # noqa: E402
 
 from xtok.config import TransplantConfig  # noqa: E402
-from xtok.corpus import load_corpus  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.apply import _matrix, head_matrix, plan_transplant, space_rows  # noqa: E402
 from xtok.transplant.calibrate import calibrate, calibration_texts  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
-from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
+from xtok.utils.io import write_json  # noqa: E402
 
 
 def overall(entry: dict) -> float:
@@ -60,27 +59,11 @@ def heads(student, s_tok, teacher, t_tok, tokens: int) -> tuple[torch.Tensor, to
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--student", default=DEFAULT_PAIR[0])
-    ap.add_argument("--teacher", default=DEFAULT_PAIR[1])
-    ap.add_argument("--transplanted", default=None, help="the pair's default transplant (made here if not given)")
-    ap.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
-    ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
-    ap.add_argument("--eval-docs", type=int, default=8)
-    ap.add_argument("--eval-chars", type=int, default=6000)
-    ap.add_argument("--val-docs", type=int, default=4)
-    ap.add_argument("--val-chars", type=int, default=3000)
-    ap.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
-    ap.add_argument("--out", default=None)
-    args = ap.parse_args()
-    args.out = args.out or pair_results("head_context", (args.student, args.teacher))
-    result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
-              "student": args.student, "teacher": args.teacher, "load": args.load}
-    ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
-    ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
-    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
-    result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
-                      "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts))}}
+    def extra(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
+        ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
+
+    args, result, (ev_texts, ev_domains), (val_texts, val_domains) = zero_shot_setup(__doc__, "head_context", extra)
     path = args.transplanted
     if path is None:
         path = Path(tempfile.mkdtemp(prefix="bench-head-context-")) / "transplanted"

@@ -64,6 +64,34 @@ def validation_docs(per_domain: int, chars: int) -> tuple[list[str], list[str]]:
     return texts, domains
 
 
+def zero_shot_setup(doc: str, name: str, extra=None):
+    """The command line and data every zero-shot benchmark of one setting shares (bench_head_context, bench_row_norms):
+    ``(args, result header, (eval texts, domains), (validation texts, domains))``; ``extra(parser)`` adds its own
+    options, ``name`` names the output ``bench/results/NAME[-STUDENT-TEACHER].json``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--student", default=DEFAULT_PAIR[0])
+    ap.add_argument("--teacher", default=DEFAULT_PAIR[1])
+    ap.add_argument("--transplanted", default=None, help="the pair's transplant to start from (made here if not given)")
+    ap.add_argument("--eval-docs", type=int, default=8)
+    ap.add_argument("--eval-chars", type=int, default=6000)
+    ap.add_argument("--val-docs", type=int, default=4)
+    ap.add_argument("--val-chars", type=int, default=3000)
+    ap.add_argument("--load", default="nothing else running", help="what else ran on the machine (recorded)")
+    ap.add_argument("--out", default=None)
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    args.out = args.out or pair_results(name, (args.student, args.teacher))
+    result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
+              "student": args.student, "teacher": args.teacher, "load": args.load}
+    ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
+    ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
+    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
+    result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
+                      "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts))}}
+    return args, result, (ev_texts, ev_domains), (val_texts, val_domains)
+
+
 def score(model, tok, texts, domains, reference=None) -> dict:
     t0 = time.perf_counter()
     res = evaluate(model, tok, texts, domains, window=1024, overlap=256, progress=False)

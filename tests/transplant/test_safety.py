@@ -60,7 +60,7 @@ def _plant(teacher, t_tok, s_tok):
     return target
 
 
-def test_a_planted_code_is_flagged_and_refused(pair):
+def test_a_planted_code_is_flagged_and_refused(pair, caplog):
     s_tok, t_tok, student, teacher = pair
     clean_model, clean = transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp", head_method="mean", k=4, candidates=32)
     assert clean["spaces"]["input"]["safety"]["rows_scanned"] == clean["tokens"]["new"]
@@ -76,6 +76,14 @@ def test_a_planted_code_is_flagged_and_refused(pair):
     assert set(top["why"]) >= {"coefficient norm", "row norm", "exact multi-anchor code"}
     assert top["residual"] < 1e-3
     assert scan["flagged"] <= 3  # the planted row, not a flood of natural ones
+    assert scan["flagged_by"]["coefficient norm"] >= 1 and scan["flagged_by"]["row norm"] >= 1
+    assert "--row-norms cap holds new rows" in caplog.text
+    # capped to the student's range, the row does no harm, and the scan still names its code
+    _, capped = transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp", head_method="mean", k=4,
+                           candidates=32, row_norms="cap")
+    top_cap = capped["spaces"]["input"]["safety"]["flagged_rows"][0]
+    assert top_cap["id"] == target and "coefficient norm" in top_cap["why"] and "row norm" not in top_cap["why"]
+    assert top_cap["row_norm"] <= capped["spaces"]["input"]["row_norms"]["high"] * (1 + 1e-4)
     with pytest.raises(ValueError, match=rf"above max_coef_norm=5.0: .*\(id {target}, 2\d\.\d\d\)"):
         transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp", head_method="mean", k=4, candidates=32,
                    max_coef_norm=5.0)

@@ -8,7 +8,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from xtok.models.load import stored_tensors
-from xtok.transplant.apply import transplant
+from xtok.transplant.apply import calibrate_models, transplant
 from xtok.transplant.stream import INDEX_FILE, Tensors, embedding_keys, stream_transplant
 
 OMP = dict(k=4, candidates=32, chunk=4096)
@@ -63,11 +63,57 @@ def test_streaming_keeps_a_bf16_body_bit_for_bit(tiny_model_dir, tmp_path):
         assert f.get_slice(in_key).get_shape()[0] == len(t_tok)
 
 
-def test_streaming_refuses_a_head_method_that_runs_the_models(tiny_model_dir, tmp_path):
-    s_dir, t_dir, s_tok, t_tok = _pair(tiny_model_dir, "qwen2.5-coder-0.5b", "smollm2-135m")
-    with pytest.raises(ValueError, match="calibrates by running both models"):
-        stream_transplant(s_dir, s_tok, t_tok, tmp_path, teacher_dir=t_dir, out_dtype="float32", method="omp",
-                          head_method="subword-prior", **OMP)
+def _equal_weights(want: dict, out) -> None:
+    got = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_streamed_subword_prior_with_calibration_equals_in_memory(tiny_model_dir, tmp_path):
+    """subword-prior (with its context term) runs the models for its calibration only: given that calibration the
+    streaming path writes the in-memory transplant's weights to the bit."""
+    s_dir, t_dir, s_tok, t_tok = _pair(tiny_model_dir, "smollm2-135m", "qwen2.5-coder-0.5b")
+    student, teacher = AutoModelForCausalLM.from_pretrained(s_dir), AutoModelForCausalLM.from_pretrained(t_dir)
+    cal = dict(calibration_tokens=512, head_context=0.5)
+    methods = dict(method="mean", head_method="subword-prior")
+    model, mem_report = transplant(student, s_tok, t_tok, teacher_model=teacher, **cal, **methods)
+    calibration = calibrate_models(student, s_tok, t_tok, teacher_model=teacher, **cal)
+    out = tmp_path / "streamed"
+    out.mkdir()
+    report = stream_transplant(s_dir, s_tok, t_tok, out, teacher_dir=t_dir, out_dtype="float32", calibration=calibration,
+                               head_context=0.5, **methods)
+    assert report["untied"] and report["spaces"]["output"]["subword_prior"]["head_context"] == 0.5
+    assert report["spaces"]["output"]["subword_prior"]["context_map"] == mem_report["spaces"]["output"]["subword_prior"]["context_map"]
+    _equal_weights(model.state_dict(), out)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    with pytest.raises(ValueError, match="calibrates by running the models"):
+        stream_transplant(s_dir, s_tok, t_tok, bare, teacher_dir=t_dir, out_dtype="float32", **methods)
+
+
+def test_run_transplant_streams_a_calibrated_head_and_says_up_front_what_memory_it_needs(tiny_model_dir, tmp_path,
+                                                                                        monkeypatch):
+    import xtok.transplant.run as run
+    from xtok.configfile import config_from_dict
+
+    s_dir, t_dir, s_tok, t_tok = _pair(tiny_model_dir, "smollm2-135m", "qwen2.5-coder-0.5b")
+    settings = dict(method="mean", head_method="subword-prior", calibration_tokens=512)
+    want, _ = transplant(AutoModelForCausalLM.from_pretrained(s_dir), s_tok, t_tok,
+                         teacher_model=AutoModelForCausalLM.from_pretrained(t_dir), **settings)
+    cfg = dict(recipe="transplant", student=str(s_dir), teacher=str(t_dir), out=str(tmp_path / "o"), **settings)
+    out, report = run.run_transplant(config_from_dict(cfg), progress=False)
+    assert report["streamed"] and report["spaces"]["output"]["subword_prior"]["tokens"]["teacher"] > 0
+    _equal_weights(want.state_dict(), out)
+    monkeypatch.setattr(run, "available_memory", lambda: 1 << 20)  # 1 MiB: not even the tiny models fit
+    with pytest.raises(ValueError, match=r"the calibration needs about .* GiB \(the student and the teacher.*--head-method omp"):
+        run.run_transplant(config_from_dict({**cfg, "out": str(tmp_path / "o2")}))
+    assert not (tmp_path / "o2").exists()
+    with pytest.raises(ValueError, match=r"the head fit needs about .* GiB \(the student twice and the teacher"):
+        run.run_transplant(config_from_dict({**cfg, "out": str(tmp_path / "o3"), "head_fit_tokens": 256}))
+
+
+def test_streaming_refuses_a_folder_without_safetensors(tmp_path):
     empty = tmp_path / "no-weights"
     empty.mkdir()
     with pytest.raises(ValueError, match="holds no safetensors files"):

@@ -78,6 +78,8 @@ def transplant_cmd(
                                                                    "targets (its top-k distribution) [default: 0]")] = None,
     head_context: Annotated[Optional[float], typer.Option(help="subword-prior: weight of the context term (the "
                                                           "teacher's in-family preference, mapped) [default: 0, off]")] = None,
+    row_norms: Annotated[Optional[str], typer.Option(help="new rows' norms: keep, cap (at the student's own), clamp "
+                                                     "(into the student's range) [default: keep]")] = None,
     max_coef_norm: Annotated[Optional[float], typer.Option(help="refuse new rows whose OMP coefficient norm (1 = no "
                                                            "cancellation) is above this: planted codes")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
@@ -91,7 +93,7 @@ def transplant_cmd(
              "out_dtype": out_dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
              "head_fit_teacher_weight": head_fit_teacher_weight, "head_context": head_context,
-             "max_coef_norm": max_coef_norm, "overwrite": overwrite}
+             "row_norms": row_norms, "max_coef_norm": max_coef_norm, "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))
         folder, report = run_transplant(cfg, State.cache_dir)

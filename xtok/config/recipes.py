@@ -59,6 +59,9 @@ class TransplantConfig(Strict):
     head_context: float = Field(0.0, ge=0, description="subword-prior: weight of the context term, the teacher's "
                                 "in-family preference at each position read through a linear map of the student's "
                                 "hidden state (0: off; 1: its first-order value)")
+    row_norms: Literal["keep", "cap", "clamp"] = Field(
+        "keep", description="new rows' norms held to the student's own range (xtok.transplant.norms): keep, cap (shorten "
+        "rows longer than the shared rows' 99.9% quantile), clamp (also lengthen those shorter than the 0.1% one)")
     head_fit_tokens: int = Field(0, ge=0, description="positions of calibration_data the head is fitted on (0: off)")
     head_fit_l2: float = Field(0.1, gt=0, description="head fit: pull of each fitted row to its transplanted row")
     head_fit_iterations: int = Field(30, ge=1, description="head fit: L-BFGS iterations")

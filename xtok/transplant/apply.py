@@ -13,6 +13,7 @@ import torch
 
 from xtok.registry import INIT_METHODS, check_methods
 from xtok.transplant.methods import Space
+from xtok.transplant.norms import check_row_norms, fit_row_norms, norm_range
 from xtok.transplant.safety import check_coef_norm, scan
 from xtok.utils.io import atomic_dir, write_json, write_provenance
 from xtok.vocab.canonical import canonical_vocab
@@ -74,10 +75,11 @@ class Plan:
 def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str | None, donor: bool, student_rows: int,
                     donor_rows: int | None, teacher_vocab_size: int | None, k: int = 8, candidates: int | None = None,
                     chunk: int = 1024, dtype: str = "auto", alignment: Any = None, safety_z: float = 15.0,
-                    max_coef_norm: float | None = None, head_context: float = 0.0,
+                    max_coef_norm: float | None = None, head_context: float = 0.0, row_norms: str = "keep",
                     progress: bool = False) -> tuple[Plan, Any]:
     """Token map, anchors and checks, before any row is computed; returns (plan, what ``check_methods`` says is needed)."""
     head_method = head_method or method
+    check_row_norms(row_norms)
     needs = check_methods(method, head_method, teacher_model=donor, alignment=alignment is not None,
                           fallback=None if alignment is None else alignment.fallback)
     t0 = time.perf_counter()
@@ -95,7 +97,7 @@ def plan_transplant(student_tok, teacher_tok, *, method: str, head_method: str |
     space = dict(anchor_teacher=anchor_t, anchor_student=anchor_s, teacher_bytes=tcv.bytes_of, student_tokenizer=student_tok,
                  k=k, candidates=candidates, chunk=chunk, dtype=dtype, progress=progress, alignment=alignment,
                  student_of=tmap.student_of, safety_z=safety_z, max_coef_norm=max_coef_norm, head_context=head_context,
-                 code_cache={})
+                 row_norms=row_norms, code_cache={})
     return Plan(tmap, method, head_method, needs.uses_k, rows, space, t0), needs
 
 
@@ -105,7 +107,8 @@ ROW_SLICE = 16384  # new rows a row-wise method makes at a time: bounds the meth
 def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor | None, calibration: Any = None,
                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, dict[str, Any]]:
     """The (rows, d_s) matrix of one space in ``dtype``: shared rows copied, new rows by the space's method (computed
-    in float32, ``ROW_SLICE`` tokens at a time where the method is row-wise), padding zero."""
+    in float32, ``ROW_SLICE`` tokens at a time where the method is row-wise; their norms held to the shared rows' range
+    as ``row_norms`` says, except a head-only method's, whose rows carry calibrated logits), padding zero."""
     space = Space(name, student, donor, calibration=calibration, **plan.space)
     tmap = plan.tmap
     method = plan.method if name == "input" else plan.head_method
@@ -114,15 +117,24 @@ def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor
     out[shared] = space.student[tmap.student_of[shared]].to(dtype)
     new = tmap.new_teacher_ids
     t0 = time.perf_counter()
+    spec = INIT_METHODS.spec(method)
+    norms = {"mode": "keep" if spec.head_only else space.row_norms}
+    if norms["mode"] != "keep" and len(new):
+        norms["low"], norms["high"] = norm_range(space.student[tmap.student_of[shared]])
+        norms["changed"] = 0
 
     def put(ids: torch.Tensor, rows: torch.Tensor) -> None:
         if not torch.isfinite(rows).all():
             raise RuntimeError(f"init method {method!r} produced NaN or Inf rows in the {space.name} space")
         out[ids] = rows.to(dtype)
 
-    step = ROW_SLICE if INIT_METHODS.spec(method).rowwise else max(len(new), 1)
+    step = ROW_SLICE if spec.rowwise else max(len(new), 1)
     for s in range(0, len(new), step):
-        put(new[s:s + step], INIT_METHODS.get(method)(space, new[s:s + step]))
+        rows = INIT_METHODS.get(method)(space, new[s:s + step])
+        if "changed" in norms:
+            rows, changed = fit_row_norms(rows, norms["low"], norms["high"], norms["mode"])
+            norms["changed"] += changed
+        put(new[s:s + step], rows)
     if space.replaced is not None:
         ids, replaced = space.replaced
         if len(ids) and tmap.student_of[ids].min() < 0:
@@ -137,7 +149,9 @@ def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor
         safety["safety"] = scan(space.codes, out, shared_norms, space.teacher_bytes, space.safety_z)
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,
-                 "padding_rows": plan.rows - len(tmap.how), "seconds": round(seconds, 2), **space.details, **safety}
+                 "padding_rows": plan.rows - len(tmap.how), "seconds": round(seconds, 2),
+                 "row_norms": {k: round(v, 4) if isinstance(v, float) else v for k, v in norms.items()},
+                 **space.details, **safety}
 
 
 def transplant_report(plan: Plan, spaces: dict[str, dict], tied: bool, untie: bool, student_tok, teacher_tok) -> dict:
@@ -158,9 +172,14 @@ def transplant_report(plan: Plan, spaces: dict[str, dict], tied: bool, untie: bo
     for name, rep in spaces.items():
         flagged = rep.get("safety", {}).get("flagged_rows", [])
         if flagged:
+            by = rep["safety"]["flagged_by"]
+            hint = ""
+            if by.get("row norm") and rep["row_norms"]["mode"] == "keep":
+                hint = (f" ({by['row norm']} of them are longer than the student's own rows: --row-norms cap holds new "
+                        "rows to the student's range)")
             log.warning("safety scan: %d new %s rows look like planted codes (robust z > %g against shared tokens), "
-                        "e.g. %s; see 'safety' in %s", rep["safety"]["flagged"], name, plan.space["safety_z"],
-                        ", ".join(repr(f["token"]) for f in flagged[:5]), REPORT_FILE)
+                        "e.g. %s%s; see 'safety' in %s", rep["safety"]["flagged"], name, plan.space["safety_z"],
+                        ", ".join(repr(f["token"]) for f in flagged[:5]), hint, REPORT_FILE)
     return report
 
 
@@ -181,6 +200,7 @@ def transplant(
     calibration_data: str = "bundled:train",
     calibration_tokens: int = 2048,
     head_context: float = 0.0,
+    row_norms: str = "keep",
     safety_z: float = 15.0,
     max_coef_norm: float | None = None,
     progress: bool = False,
@@ -213,15 +233,13 @@ def transplant(
                                   donor_rows=None if d_in is None else d_in.shape[0], teacher_vocab_size=teacher_vocab_size,
                                   k=k, candidates=candidates, chunk=chunk, dtype=dtype, alignment=alignment,
                                   safety_z=safety_z, max_coef_norm=max_coef_norm, head_context=head_context,
-                                  progress=progress)
+                                  row_norms=row_norms, progress=progress)
     rows = plan.rows
     calibration = None
     if needs.calibration:
-        from xtok.transplant.calibrate import calibrate, calibration_texts
-
-        calibration = calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
-                                calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
-                                counts=None if alignment is None else alignment.target.counts, context=head_context > 0)
+        calibration = calibrate_models(student_model, student_tok, teacher_tok, teacher_model=teacher_model,
+                                       alignment=alignment, calibration_data=calibration_data,
+                                       calibration_tokens=calibration_tokens, head_context=head_context)
     tied = is_tied(student_model)
     untie = tied and plan.head_method != plan.method
     new_in, rep_in = space_rows(plan, "input", s_in, d_in, calibration)
@@ -244,6 +262,19 @@ def transplant(
     _set_special_ids(model, teacher_tok, teacher_model)
     check_port(model, rows, tied and not untie)
     return model, transplant_report(plan, spaces, tied, untie, student_tok, teacher_tok)
+
+
+def calibrate_models(student_model, student_tok, teacher_tok, *, teacher_model=None, alignment: Any = None,
+                     calibration_data: str = "bundled:train", calibration_tokens: int = 2048, head_context: float = 0.0):
+    """The calibration a head method that needs one (``subword-prior``) reads: ``calibration_tokens`` positions of
+    ``calibration_data`` run through the student and the teacher model (the prior; with ``head_context`` > 0 also the
+    context map), or, with a tokenizer-only teacher, the alignment's corpus counts as the prior. Both transplant paths
+    call it: the in-memory one on its models, the streaming one before it lets the models go."""
+    from xtok.transplant.calibrate import calibrate, calibration_texts
+
+    return calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
+                     calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
+                     counts=None if alignment is None else alignment.target.counts, context=head_context > 0)
 
 
 def special_ids(teacher_tok) -> dict[str, int | None]:

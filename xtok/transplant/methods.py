@@ -46,6 +46,7 @@ class Space:
     safety_z: float = 15.0  # robust z-score past which the safety scan flags a row
     max_coef_norm: float | None = None  # refuse rows whose OMP coefficient norm is above this
     head_context: float = 0.0  # subword-prior: weight of the context term (the teacher's in-family preference here)
+    row_norms: str = "keep"  # new rows' norms held to the shared rows' range (xtok.transplant.norms), read by space_rows
 
     def need_donor(self, method: str) -> torch.Tensor:
         if self.donor is None:

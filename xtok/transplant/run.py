@@ -61,9 +61,11 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     teacher_runs = cfg.head_fit_teacher_weight > 0  # the head fit's soft targets: the teacher's forward passes
     folders = [resolve_model(cfg.student, cache_dir)] + \
         ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model or teacher_runs else [])
-    if not runs_models and all(any(Path(f).glob("*.safetensors")) for f in folders):
-        return out, _run_streaming(cfg, out, alignment, folders, cache_dir, progress)  # no model runs: stream them
-    check_memory(folders)
+    if not cfg.head_fit_tokens and all(any(Path(f).glob("*.safetensors")) for f in folders):
+        # the models run only for a calibration (subword-prior), made first and let go: then the weights are streamed
+        calibration = _calibration(cfg, folders, alignment, cache_dir) if needs.calibration else None
+        return out, _run_streaming(cfg, out, alignment, folders, cache_dir, progress, calibration)
+    check_memory(folders)  # the head fit trains the transplanted model's head: the in-memory path
     student, student_tok = load_model(folders[0], cache_dir)
     if cfg.head_fit_tokens and is_tied(student) and (cfg.head_method or cfg.method) == cfg.method:
         raise ValueError(f"head_fit_tokens={cfg.head_fit_tokens} needs an untied head, but {cfg.student} ties its head to "
@@ -77,7 +79,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
                                teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
                                calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
-                               safety_z=cfg.safety_z,
+                               row_norms=cfg.row_norms, safety_z=cfg.safety_z,
                                max_coef_norm=cfg.max_coef_norm,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
@@ -101,7 +103,25 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     return out, report
 
 
-def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[str], cache_dir, progress: bool) -> dict:
+def _calibration(cfg: TransplantConfig, folders: list[str], alignment, cache_dir):
+    """The head method's calibration, on the student and (where the head method reads it) the teacher model loaded
+    for it alone and let go before the streaming transplant starts."""
+    from xtok.transplant.apply import calibrate_models
+
+    check_memory(folders, student_copies=1)
+    student, student_tok = load_model(folders[0], cache_dir)
+    teacher_model, teacher_tok = load_model(folders[1], cache_dir) if len(folders) > 1 else \
+        (None, load_tokenizer(cfg.teacher, cache_dir))
+    calibration = calibrate_models(student, student_tok, teacher_tok, teacher_model=teacher_model, alignment=alignment,
+                                   calibration_data=cfg.calibration_data, calibration_tokens=cfg.calibration_tokens,
+                                   head_context=cfg.head_context)
+    del student, teacher_model
+    gc.collect()
+    return calibration
+
+
+def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[str], cache_dir, progress: bool,
+                   calibration=None) -> dict:
     from xtok.transplant.stream import stream_transplant
 
     student_dir, teacher_dir = folders[0], folders[1] if len(folders) > 1 else None
@@ -113,7 +133,8 @@ def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[st
             head_method=cfg.head_method, alignment=alignment, progress=progress,
             teacher_vocab_size=None if teacher_dir else teacher_vocab_size(cfg.teacher, cache_dir), k=cfg.k,
             candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype, safety_z=cfg.safety_z,
-            max_coef_norm=cfg.max_coef_norm)
+            max_coef_norm=cfg.max_coef_norm, head_context=cfg.head_context, row_norms=cfg.row_norms,
+            calibration=calibration)
         report.update(student=cfg.student, teacher=cfg.teacher, dtype=out_dtype)
         write_sidecars(tmp, teacher_tok, report, cfg)
     return report
@@ -130,14 +151,16 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(folders: list[str]) -> None:
-    """The in-memory transplant holds the student (``folders[0]``; twice: it is copied) and the teacher (``folders[1]``,
-    where loaded) in float32: refuse up front where that exceeds what the machine has, naming the streaming route."""
+def check_memory(folders: list[str], student_copies: int = 2) -> None:
+    """A transplant that runs the models holds the student (``folders[0]``; twice in the head fit's in-memory path,
+    which copies it; once for a calibration) and the teacher (``folders[1]``, where loaded) in float32: refuse up
+    front where that exceeds what the machine has, naming the route that runs no model."""
     sizes = [4 * folder_parameters(f) for f in folders]
-    need = 2 * sizes[0] + sum(sizes[1:])
+    need = student_copies * sizes[0] + sum(sizes[1:])
     have = available_memory()
     if have is not None and need > have:
-        raise ValueError(f"the in-memory transplant needs about {need / 2**30:.1f} GiB (the student twice and the teacher, "
-                         f"in float32) for its calibration or head fit, and this machine has {have / 2**30:.1f} GiB "
-                         f"available; use a head method that runs no model (e.g. --head-method omp) and no head fit, "
-                         f"which streams the models with only their embedding matrices in memory")
+        what = "the head fit" if student_copies > 1 else "the calibration"
+        raise ValueError(f"{what} needs about {need / 2**30:.1f} GiB (the student{' twice' if student_copies > 1 else ''}"
+                         f"{' and the teacher' if len(sizes) > 1 else ''}, in float32), and this machine has "
+                         f"{have / 2**30:.1f} GiB available; use a head method that runs no model (e.g. --head-method "
+                         f"omp) and no head fit, which streams the models with only their embedding matrices in memory")

@@ -121,7 +121,7 @@ def scan(codes: list[CodeStats], rows: torch.Tensor, shared_norms: torch.Tensor,
                        **{name: round(float(v[r]), 4) for name, v in stats.items()},
                        "why": [reason for reason, mask in why.items() if mask[r]]})
     return {"z_max": z_max, "rows_scanned": len(ids), "flagged": int(flags.sum()), "statistics": summary,
-            "flagged_rows": listed}
+            "flagged_by": {reason: int(mask.sum()) for reason, mask in why.items()}, "flagged_rows": listed}
 
 
 def check_coef_norm(codes: list[CodeStats], limit: float, teacher_bytes: list[bytes | None], space: str) -> None:

@@ -1,7 +1,8 @@
 """The streaming transplant: only the embedding matrices in memory, every other tensor copied shard by shard.
 
-A transplant changes two tensors, the input embeddings and the output head. So for the methods that need no forward
-pass (all but ``subword-prior``, and no head fit) the student is never loaded: its two matrices are read alone from
+A transplant changes two tensors, the input embeddings and the output head. So the student is never loaded here (a
+head method that needs a forward pass, ``subword-prior``, gets its calibration from the caller, made on the models
+before they were let go; only the head fit keeps the in-memory path): its two matrices are read alone from
 its safetensors shards, the teacher's two (the donor's) alone from its own, the new rows computed by the registry's
 methods as in memory, and written each to its own output shard as soon as it is made. Then every other tensor is
 copied one source shard at a time in its stored dtype (or ``out_dtype``). Peak memory is one space at a time (the
@@ -102,11 +103,13 @@ def _finite(w: torch.Tensor, what: str) -> torch.Tensor:
 
 def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: str | Path, *, teacher_dir: str | Path | None,
                       out_dtype: str, method: str = "omp", head_method: str | None = None, alignment: Any = None,
-                      teacher_vocab_size: int | None = None, progress: bool = False, **settings: Any) -> dict[str, Any]:
+                      teacher_vocab_size: int | None = None, progress: bool = False, calibration: Any = None,
+                      **settings: Any) -> dict[str, Any]:
     """Write the transplant of the model in ``student_dir`` into the (empty, temporary) folder ``out`` and return its
     report; ``teacher_dir`` None = a teacher given as a tokenizer only; the weights are written in ``out_dtype``.
-    ``settings``: k, candidates, chunk, dtype (of the OMP product), safety_z, max_coef_norm, as ``plan_transplant``
-    takes them."""
+    ``calibration``: what a head method that runs the models needs (``apply.calibrate_models``, made by the caller
+    with the models loaded and let go before this runs). ``settings``: k, candidates, chunk, dtype (of the OMP
+    product), safety_z, max_coef_norm, head_context, as ``plan_transplant`` takes them."""
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -126,9 +129,9 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
     plan, needs = plan_transplant(student_tok, teacher_tok, method=method, head_method=head_method, donor=teacher is not None,
                                   student_rows=s_in.shape[0], donor_rows=None if d_in is None else d_in.shape[0],
                                   teacher_vocab_size=teacher_vocab_size, alignment=alignment, progress=progress, **settings)
-    if needs.calibration:
-        raise ValueError(f"head method {plan.head_method!r} calibrates by running both models, which the streaming "
-                         "transplant does not load; use the in-memory transplant for it")
+    if needs.calibration and calibration is None:
+        raise ValueError(f"head method {plan.head_method!r} calibrates by running the models, which the streaming "
+                         "transplant does not load: pass calibration=apply.calibrate_models(...) made on them")
     untie = tied and plan.head_method != plan.method
     weight_map: dict[str, str] = {}
 
@@ -136,7 +139,7 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
         save_file({key: tensor.to(write_dtype).contiguous()}, str(out / file), metadata={"format": "pt"})
         weight_map[key] = file
 
-    new_in, rep_in = space_rows(plan, "input", s_in, d_in, dtype=write_dtype)
+    new_in, rep_in = space_rows(plan, "input", s_in, d_in, calibration, dtype=write_dtype)
     spaces = {"input": rep_in}
     write(in_key, new_in, "xtok-input-embeddings.safetensors")
     del new_in  # one space's matrices in memory at a time; a tied donor's one matrix (and its OMP codes) serves both
@@ -146,7 +149,7 @@ def stream_transplant(student_dir: str | Path, student_tok, teacher_tok, out: st
         del s_in, d_in
         d_out = d_out if d_out is not None or teacher is None else _donor(teacher, donor_out)
         s_out = s_out if s_out is not None else _finite(student.get(head_key).float(), "student's output head")
-        new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, dtype=write_dtype)
+        new_out, spaces["output"] = space_rows(plan, "output", s_out, d_out, calibration, dtype=write_dtype)
         del s_out, d_out
         write(head_key, new_out, "xtok-output-head.safetensors")
         del new_out
