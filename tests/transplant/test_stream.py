@@ -102,8 +102,17 @@ def test_run_transplant_streams_a_calibrated_head_and_says_up_front_what_memory_
     want, _ = transplant(AutoModelForCausalLM.from_pretrained(s_dir), s_tok, t_tok,
                          teacher_model=AutoModelForCausalLM.from_pretrained(t_dir), **settings)
     cfg = dict(recipe="transplant", student=str(s_dir), teacher=str(t_dir), out=str(tmp_path / "o"), **settings)
+    made = run._calibration
+
+    def slow_calibration(*a):  # the calibration runs before the streamed plan's clock: its time must be added
+        calibration = made(*a)
+        calibration.seconds = 1000.0
+        return calibration
+
+    monkeypatch.setattr(run, "_calibration", slow_calibration)
     out, report = run.run_transplant(config_from_dict(cfg), progress=False)
     assert report["streamed"] and report["spaces"]["output"]["subword_prior"]["tokens"]["teacher"] > 0
+    assert 1000 < report["seconds"] < 1000 + 600
     _equal_weights(want.state_dict(), out)
     monkeypatch.setattr(run, "available_memory", lambda: 1 << 20)  # 1 MiB: not even the tiny models fit
     with pytest.raises(ValueError, match=r"the calibration needs about .* GiB \(the student and the teacher.*--head-method omp"):
