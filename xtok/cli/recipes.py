@@ -79,7 +79,7 @@ def transplant_cmd(
     head_context: Annotated[Optional[float], typer.Option(help="subword-prior: weight of the context term (the "
                                                           "teacher's in-family preference, mapped) [default: 0, off]")] = None,
     row_norms: Annotated[Optional[str], typer.Option(help="new rows' norms: keep, cap (at the student's own), clamp "
-                                                     "(into the student's range) [default: keep]")] = None,
+                                                     "(into the student's range) [default: cap]")] = None,
     max_coef_norm: Annotated[Optional[float], typer.Option(help="refuse new rows whose OMP coefficient norm (1 = no "
                                                            "cancellation) is above this: planted codes")] = None,
     overwrite: Annotated[Optional[bool], typer.Option(help="replace an existing output folder")] = None,
