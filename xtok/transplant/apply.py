@@ -221,8 +221,8 @@ def transplant(
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
     ``calibration_tokens`` positions of ``calibration_data`` run through both models; ``head_context`` > 0 adds
     subword-prior's context term (the calibration then also fits the context map). ``row_norms`` (keep, cap, clamp;
-``xtok.transplant.norms``) holds the new rows' norms to the student's own range (the config's default is cap; here
-the rows are kept as made unless asked). Rows made from OMP codes are
+    ``xtok.transplant.norms``) holds the new rows' norms to the student's own range (the config's default is cap; here
+    the rows are kept as made unless asked). Rows made from OMP codes are
     scanned for planted codes (``xtok.transplant.safety``): outliers past ``safety_z`` are listed in the report and
     logged, and ``max_coef_norm`` refuses the transplant where a code's coefficient norm exceeds it.
     """
