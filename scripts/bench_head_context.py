@@ -16,30 +16,19 @@ Writes bench/results/head_context.json (another pair: head_context-STUDENT-TEACH
 from __future__ import annotations
 
 import argparse
-import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_heal import public, score, zero_shot_setup  # noqa: E402
-from bench_transplant import PeakRSS  # noqa: E402
+from bench_heal import score, summary, transplant_for, zero_shot_setup  # noqa: E402
 
-from xtok.config import TransplantConfig  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.apply import _matrix, head_matrix, plan_transplant, space_rows  # noqa: E402
 from xtok.transplant.calibrate import calibrate, calibration_texts  # noqa: E402
-from xtok.transplant.run import run_transplant  # noqa: E402
 from xtok.utils.io import write_json  # noqa: E402
-
-
-def overall(entry: dict) -> float:
-    """Bits per byte over every document of a ``score`` result."""
-    docs = entry["_docs"]
-    return sum(d.nll_nats for d in docs) / sum(d.bytes for d in docs) / math.log(2)
 
 
 def heads(student, s_tok, teacher, t_tok, tokens: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -64,13 +53,7 @@ def main() -> None:
         ap.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 1.0, 1.5])
 
     args, result, (ev_texts, ev_domains), (val_texts, val_domains) = zero_shot_setup(__doc__, "head_context", extra)
-    path = args.transplanted
-    if path is None:
-        path = Path(tempfile.mkdtemp(prefix="bench-head-context-")) / "transplanted"
-        with PeakRSS() as mem:
-            _, rep = run_transplant(TransplantConfig(student=args.student, teacher=args.teacher, out=str(path)),
-                                    progress=False)
-        result["transplant"] = {"seconds": rep["seconds"], "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    path = transplant_for(args, result, "bench-head-context-")
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
     model, m_tok = load_model(str(path))
@@ -78,7 +61,7 @@ def main() -> None:
     made = head.detach().clone()
     val = {"untouched": score(student, s_tok, val_texts, val_domains)}
     val["transplanted"] = score(model, m_tok, val_texts, val_domains, val["untouched"])
-    result["validation"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in val.items()}
+    result["validation"] = {k: summary(v) for k, v in val.items()}
     settings = {}
     for tokens in args.tokens:
         base, term, report = heads(student, s_tok, teacher, t_tok, tokens)
@@ -89,7 +72,7 @@ def main() -> None:
             with torch.no_grad():
                 head.copy_(settings[name])
             entry = score(model, m_tok, val_texts, val_domains, val["untouched"])
-            result["validation"][name] = {**public(entry), "overall": round(overall(entry), 4)}
+            result["validation"][name] = summary(entry)
             print(name, result["validation"][name]["overall"], flush=True)
             write_json(args.out, result)
     best = min(settings, key=lambda n: result["validation"][n]["overall"])
@@ -101,7 +84,7 @@ def main() -> None:
     with torch.no_grad():
         head.copy_(settings[best])
     evals[f"transplanted, head_context ({best})"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
-    result["eval"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in evals.items()}
+    result["eval"] = {k: summary(v) for k, v in evals.items()}
     write_json(args.out, result)
     print(f"written {args.out}")
 

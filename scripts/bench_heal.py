@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import sys
 import tempfile
 import time
@@ -90,6 +91,33 @@ def zero_shot_setup(doc: str, name: str, extra=None):
     result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
                       "validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts))}}
     return args, result, (ev_texts, ev_domains), (val_texts, val_domains)
+
+
+def transplant_for(args, result: dict, prefix: str, **settings) -> Path | str:
+    """``args.transplanted``, or the pair's transplant made here with the config's defaults and ``settings`` (its time
+    and peak memory go to ``result["transplant"]``)."""
+    from xtok.config import TransplantConfig
+    from xtok.transplant.run import run_transplant
+
+    if args.transplanted is not None:
+        return args.transplanted
+    path = Path(tempfile.mkdtemp(prefix=prefix)) / "transplanted"
+    with PeakRSS() as mem:
+        _, rep = run_transplant(TransplantConfig(student=args.student, teacher=args.teacher, out=str(path), **settings),
+                                progress=False)
+    result["transplant"] = {"seconds": rep["seconds"], "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    return path
+
+
+def overall(entry: dict) -> float:
+    """Bits per byte over every document of a ``score`` result."""
+    docs = entry["_docs"]
+    return sum(d.nll_nats for d in docs) / sum(d.bytes for d in docs) / math.log(2)
+
+
+def summary(entry: dict) -> dict:
+    """A ``score`` result as the JSON keeps it, with its overall bits per byte."""
+    return {**public(entry), "overall": round(overall(entry), 4)}
 
 
 def score(model, tok, texts, domains, reference=None) -> dict:

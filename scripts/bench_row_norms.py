@@ -16,37 +16,26 @@ Writes bench/results/row_norms-STUDENT-TEACHER.json (the default pair: row_norms
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_head_context import overall  # noqa: E402
-from bench_heal import public, score, zero_shot_setup  # noqa: E402
-from bench_transplant import PeakRSS  # noqa: E402
+from bench_heal import overall, score, summary, transplant_for, zero_shot_setup  # noqa: E402
 
-from xtok.config import TransplantConfig  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.norms import ROW_NORMS, fit_row_norms, norm_range  # noqa: E402
-from xtok.transplant.run import run_transplant  # noqa: E402
 from xtok.utils.io import write_json  # noqa: E402
 from xtok.vocab.shared import build_token_map  # noqa: E402
 
 
 def main() -> None:
     args, result, (ev_texts, ev_domains), (val_texts, val_domains) = zero_shot_setup(__doc__, "row_norms")
-    path = args.transplanted
-    if path is None:
-        path = Path(tempfile.mkdtemp(prefix="bench-row-norms-")) / "transplanted"
-        with PeakRSS() as mem:
-            _, rep = run_transplant(TransplantConfig(student=args.student, teacher=args.teacher, out=str(path),
-                                                     row_norms="keep"), progress=False)
-        result["transplant"] = {"seconds": rep["seconds"], "peak_rss_gb": round(mem.peak / 2**30, 2)}
+    path = transplant_for(args, result, "bench-row-norms-", row_norms="keep")
     student, s_tok = load_model(args.student)
     model, m_tok = load_model(str(path))
     tmap = build_token_map(m_tok, s_tok)
-    low, high = norm_range(student.get_input_embeddings().weight.detach()[tmap.student_of[tmap.shared_teacher_ids]])
+    low, high = norm_range(student.get_input_embeddings().weight.detach().norm(dim=1)[tmap.student_of[tmap.shared_teacher_ids]])
     emb = model.get_input_embeddings().weight
     made = emb.detach().clone()
     new = tmap.new_teacher_ids
@@ -70,7 +59,7 @@ def main() -> None:
         use(mode)
         val[mode] = score(model, m_tok, val_texts, val_domains, val["untouched"])
         print(mode, round(overall(val[mode]), 4), flush=True)
-    result["validation"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in val.items()}
+    result["validation"] = {k: summary(v) for k, v in val.items()}
     write_json(args.out, result)
     best = min(ROW_NORMS, key=lambda m: result["validation"][m]["overall"])
     result["chosen_on_validation"] = best
@@ -78,7 +67,7 @@ def main() -> None:
     for mode in dict.fromkeys(("keep", best)):
         use(mode)
         evals[mode] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
-    result["eval"] = {k: {**public(v), "overall": round(overall(v), 4)} for k, v in evals.items()}
+    result["eval"] = {k: summary(v) for k, v in evals.items()}
     write_json(args.out, result)
     print(f"written {args.out}")
 

@@ -118,9 +118,10 @@ def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor
     new = tmap.new_teacher_ids
     t0 = time.perf_counter()
     spec = INIT_METHODS.spec(method)
+    shared_norms = space.student.norm(dim=1)[tmap.student_of[shared]]  # the range of row_norms, the safety scan's reference
     norms = {"mode": "keep" if spec.head_only else space.row_norms}
     if norms["mode"] != "keep" and len(new):
-        norms["low"], norms["high"] = norm_range(space.student[tmap.student_of[shared]])
+        norms["low"], norms["high"] = norm_range(shared_norms)
         norms["changed"] = 0
 
     def put(ids: torch.Tensor, rows: torch.Tensor) -> None:
@@ -145,7 +146,6 @@ def space_rows(plan: Plan, name: str, student: torch.Tensor, donor: torch.Tensor
     if space.codes:
         if space.max_coef_norm is not None:
             check_coef_norm(space.codes, space.max_coef_norm, space.teacher_bytes, space.name)
-        shared_norms = space.student.norm(dim=1)[tmap.student_of[shared]]
         safety["safety"] = scan(space.codes, out, shared_norms, space.teacher_bytes, space.safety_z)
     return out, {"copied": int(len(shared)), "approximated": int(len(new)) - space.fallbacks,
                  "fallback_to_mean": space.fallbacks, "method": method,

@@ -29,12 +29,11 @@ def check_row_norms(mode: str) -> str:
     return mode
 
 
-def norm_range(shared_rows: torch.Tensor) -> tuple[float, float]:
-    """(low, high): the ``NORM_QUANTILES`` of the norms of ``shared_rows`` (n, d), the student's rows of shared tokens."""
-    if len(shared_rows) == 0:
+def norm_range(shared_norms: torch.Tensor) -> tuple[float, float]:
+    """(low, high): the ``NORM_QUANTILES`` of ``shared_norms`` (n,), the norms of the student's rows of shared tokens."""
+    if len(shared_norms) == 0:
         raise ValueError("row_norms needs the student's rows of shared tokens to set the range; there are none")
-    norms = shared_rows.float().norm(dim=1).double()
-    lo, hi = torch.quantile(norms, torch.tensor(NORM_QUANTILES, dtype=torch.float64)).tolist()
+    lo, hi = torch.quantile(shared_norms.double(), torch.tensor(NORM_QUANTILES, dtype=torch.float64)).tolist()
     return lo, hi
 
 
