@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -31,13 +32,15 @@ from pathlib import Path
 
 import torch
 
-from xtok.config import DataConfig
+from xtok.config import DataConfig, DistillConfig
 from xtok.configfile import config_from_dict
 from xtok.utils.io import command_line, machine_info, package_versions, write_json
 
+# xtok-cache: the distill config's defaults (fused_head, loss_chunk)
 # xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)
 # xtok-cache-lean: xtok-cache with gradient checkpointing (the config's gradient_checkpointing: true)
 VARIANTS = ("xtok-cache", "xtok-cache-unfused", "xtok-cache-lean", "xtok-online", "trl-gkd")
+LOSS_CHUNK = DistillConfig.model_fields["loss_chunk"].default
 
 
 class StepTimer:
@@ -86,10 +89,12 @@ def child(args) -> dict:
         cache_seconds = time.perf_counter() - t0
         del teacher
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks, topk),
-                                 loss="forward_kl", fused_head=args.child != "xtok-cache-unfused", callbacks=[timer.callback])
+                                 loss="forward_kl", fused_head=args.child != "xtok-cache-unfused", loss_chunk=LOSS_CHUNK,
+                                 callbacks=[timer.callback])
     elif args.child == "xtok-online":
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks),
-                                 teacher=teacher, loss="forward_kl", callbacks=[timer.callback])
+                                 teacher=teacher, loss="forward_kl", fused_head=True, loss_chunk=LOSS_CHUNK,
+                                 callbacks=[timer.callback])
     else:
         from datasets import Dataset
         from trl.experimental.gkd import GKDConfig, GKDTrainer
@@ -113,7 +118,9 @@ def child(args) -> dict:
 
 def add_ratios(rows: dict) -> None:
     """Each row against TRL's: tokens/s and peak RSS, and tokens/s with the teacher cache's build time counted
-    as if a single pass over the data had to pay for it (the cache is reused by every later epoch and stage)."""
+    as if a single pass over the data had to pay for it (the cache is reused by every later epoch and stage).
+    Rows measured in several rounds (``--repeats``) also get the ratio within each round, where both ran minutes
+    apart (this machine's speed drifts by up to 2x between runs), with its min and median."""
     peer = rows.get("trl-gkd")
     for row in rows.values() if peer else ():
         steps = row["step_seconds"]
@@ -123,22 +130,35 @@ def add_ratios(rows: dict) -> None:
         row["tokens_per_second_vs_trl"] = row["tokens_per_second"] / peer["tokens_per_second"]
         row["tokens_per_second_paying_cache_once_vs_trl"] = row["tokens_per_second_paying_cache_once"] / peer["tokens_per_second"]
         row["peak_rss_vs_trl"] = row["peak_rss_gb"] / peer["peak_rss_gb"]
+        rounds = min(len(row.get("rounds", [])), len(peer.get("rounds", [])))
+        if rounds > 1:
+            speed = sorted(a["tokens_per_second"] / b["tokens_per_second"] for a, b in zip(row["rounds"], peer["rounds"]))
+            memory = sorted(a["peak_rss_gb"] / b["peak_rss_gb"] for a, b in zip(row["rounds"], peer["rounds"]))
+            row["per_round_vs_trl"] = {"tokens_per_second": {"min": speed[0], "median": statistics.median(speed)},
+                                       "peak_rss": {"max": memory[-1], "median": statistics.median(memory)}}
 
 
 def speed_section(args, earlier: dict | None) -> dict:
+    """Each variant in its own child process; with ``--repeats`` the variants run in turn, round after round, and a
+    row holds every round (``rounds``) and the median round's figures."""
     rows = dict((earlier or {}).get("rows", {}))
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, "--child", variant, "--student", args.student, "--teacher", args.teacher,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-               "--top-k", str(args.top_k), "--tmp", args.tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{variant} failed:\n{res.stderr[-4000:]}")
-        rows[variant] = json.loads(res.stdout.strip().splitlines()[-1])
-        print(json.dumps(rows[variant]), flush=True)
+    rounds: dict[str, list] = {v: [] for v in args.variants}
+    for _ in range(args.repeats):
+        for variant in args.variants:
+            cmd = [sys.executable, __file__, "--child", variant, "--student", args.student, "--teacher", args.teacher,
+                   "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
+                   "--top-k", str(args.top_k), "--tmp", args.tmp]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise RuntimeError(f"{variant} failed:\n{res.stderr[-4000:]}")
+            rounds[variant].append(json.loads(res.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rounds[variant][-1]), flush=True)
+    for variant, runs in rounds.items():
+        median = sorted(runs, key=lambda r: r["tokens_per_second"])[(len(runs) - 1) // 2]
+        rows[variant] = median | ({"rounds": runs} if len(runs) > 1 else {})
     add_ratios(rows)
     return {"settings": {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "top_k": args.top_k,
-                         "trained": "every weight", "data": "bundled:train code"}, "rows": rows}
+                         "loss_chunk": LOSS_CHUNK, "trained": "every weight", "data": "bundled:train code"}, "rows": rows}
 
 
 def _bpb(spec: str, label: str, max_docs: int, max_chars: int) -> dict:
@@ -195,7 +215,8 @@ def main() -> None:
     ap.add_argument("--teacher", default="qwen2.5-coder-0.5b")
     ap.add_argument("--untouched", default="smollm2-135m", help="the student before the transplant")
     ap.add_argument("--sections", nargs="+", default=["speed", "quality"])
-    ap.add_argument("--steps", type=int, default=6, help="speed: optimizer steps per trainer")
+    ap.add_argument("--steps", type=int, default=11, help="speed: optimizer steps per trainer (the first not timed)")
+    ap.add_argument("--repeats", type=int, default=1, help="speed: rounds over the variants (medians, per-round ratios)")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),

@@ -127,10 +127,12 @@ def test_lazy_row_adam_matches_sparse_adam():
         RowAdam([(w, rows)], lazy=[plain])
 
 
-def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_tokenizer, tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_tokenizer, tmp_path, fused):
     """One step of a new_rows stage training the head (head_rows: batch): the trained head rows that moved are
     exactly those of the batch's tokens and of the model's first choices at its target positions (taken here from
-    the model before the step), each against the sign of its dense gradient; every other row is as it was."""
+    the model before the step), each against the sign of its dense gradient; every other row is as it was. The
+    same with the fused head (``fused_head``, whose logits exist one chunk at a time)."""
     from types import SimpleNamespace
 
     from datasets import Dataset
@@ -173,7 +175,8 @@ def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_toke
                              learning_rate=1e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
                              save_strategy="no", disable_tqdm=True, seed=0, max_grad_norm=0.0)
     ds = Dataset.from_dict({**ids, "labels": labels})
-    DistillTrainer(model=model, args=args, train_dataset=ds, loss="ce", trained_rows=trained, row_gate=gate).train()
+    DistillTrainer(model=model, args=args, train_dataset=ds, loss="ce", trained_rows=trained, row_gate=gate,
+                   fused_head=fused, loss_chunk=4).train()
     delta = model.get_output_embeddings().weight.detach() - head0
     moved = (delta != 0).any(1)
     assert torch.equal(moved, expect) and int(expect.sum()) > 5

@@ -91,10 +91,12 @@ class DistillConfig(Strict):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")
     report_to: list[str] = Field(default_factory=list, description="Trainer report_to, e.g. [tensorboard]")
-    loss_chunk: int = Field(128, ge=1, description="positions per chunk of the loss (bounds the float32 copies)")
-    fused_head: bool = Field(False, description="apply the output head per loss chunk, recomputed in backward, so "
-                             "the (B, T, V) logits never exist (for large batch x sequence x vocab; one more head pass; "
-                             "not for uld)")
+    loss_chunk: int = Field(16, ge=1, description="positions per chunk of the loss: its float32 copies are batch x "
+                            "loss_chunk x vocab; about 32 rows (16 at batch 2) keep them in a CPU's cache, 2-3x faster "
+                            "than 64 rows here")
+    fused_head: bool = Field(True, description="apply the output head per loss chunk, taking the chunk's gradients "
+                             "in the forward pass, so the (B, T, V) logits, their log-softmax and their gradient never "
+                             "exist; nothing is recomputed (off: the model's own full logits; uld and alm always)")
     gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead "
                                          "of keeping them (less memory, one more forward of the layers)")
     overwrite: bool = False
@@ -150,7 +152,7 @@ class HealConfig(Strict):
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)
-    loss_chunk: int = Field(128, ge=1)
+    loss_chunk: int = Field(16, ge=1)
     overwrite: bool = False
 
     @model_validator(mode="after")

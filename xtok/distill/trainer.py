@@ -7,23 +7,20 @@ and divided by the number of target positions of the *whole* accumulated batch
 ``None`` for), so accumulating 4 micro-batches equals one batch of 4 even when the micro-batches
 hold different numbers of tokens.
 
-With ``fused_head`` the output head is applied chunk by chunk over the sequence inside activation
-checkpoints: the model's forward returns only its final hidden states, and each chunk's logits,
-log-softmax and divergence are recomputed in backward. So the student's (B, T, V) logits, their
-log-softmax and their gradient never exist in memory (V is 151,936 for the Qwen vocabulary). It costs
-one more pass of the head and the loss; off by default (on a CPU at 2 x 256 tokens it is slower and
-saves little, see bench/results/distill*.json), worth it where B x T x V is large.
+With ``fused_head`` the model's forward returns only its final hidden states and the output head is applied
+chunk by chunk over the sequence, each chunk's loss and gradients taken at once (``xtok.distill.head_loss``): the
+student's (B, T, V) logits, their log-softmax and their gradient never exist in memory (V is 151,936 for the Qwen
+vocabulary), and nothing is recomputed.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from transformers import Trainer
 
+from xtok.distill.head_loss import capped, chunked_head_loss
 from xtok.losses.alm import TeacherChunks, token_logprobs
 from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
 from xtok.registry import LOSSES
@@ -45,8 +42,8 @@ class DistillTrainer(Trainer):
     (B, T, K), ``_tail`` (B, T), ``_temperature`` (B,)) or the loss needs no teacher (``ce``)."""
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 ce_weight: float = 0.0, loss_chunk: int = 128, on_policy: float = 0.0, prompt_tokens: int = 64,
-                 sample_temperature: float = 1.0, fused_head: bool = False,
+                 ce_weight: float = 0.0, loss_chunk: int = 16, on_policy: float = 0.0, prompt_tokens: int = 64,
+                 sample_temperature: float = 1.0, fused_head: bool = True,
                  trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None,
                  row_gate=None, row_sparse_input: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
@@ -238,39 +235,36 @@ class DistillTrainer(Trainer):
             total = (1 - self.ce_weight) * total + self.ce_weight * ce
         return total, count
 
-    def _chunk_loss(self, hidden, teacher, mask, targets, head):
-        return self._loss(head(hidden), teacher, mask, targets)[0]
-
     def _fused_loss(self, model, inputs, fwd, mask, targets):
-        """The loss with the head applied per chunk of positions under checkpointing; None when the model's logits
+        """The loss with the head applied per chunk of positions (``chunked_head_loss``); None when the model's logits
         are not its head applied to its last hidden state (then the caller takes the model's own logits)."""
         outputs = model(**fwd, output_hidden_states=True, logits_to_keep=1)
         hidden = outputs.hidden_states[-1]  # (B, T, H), after the final norm
         unwrapped = self.accelerator.unwrap_model(model)
         linear, cap = unwrapped.get_output_embeddings(), getattr(unwrapped.config, "final_logit_softcapping", None)
-
-        def head(h):
-            logits = linear(h)
-            return logits if not cap else torch.tanh(logits / cap) * cap
-
-        with torch.no_grad():  # the model's own last-position logits check that head(hidden) is what it computes
-            same = torch.allclose(head(hidden[:, -1:]).float(), outputs.logits[:, -1:].float(), rtol=1e-4, atol=1e-4)
+        with torch.no_grad():  # the model's own last-position logits check that the head is what it computes
+            same = getattr(linear, "bias", None) is None and torch.allclose(
+                capped(linear(hidden[:, -1:]), cap).float(), outputs.logits[:, -1:].float(), rtol=1e-4, atol=1e-4)
         if not same:
-            log.warning("%s's logits are not its output head applied to its last hidden state; computing the loss "
-                        "from the full logits instead (more memory)", type(unwrapped).__name__)
+            log.warning("%s's logits are not its output head (no bias) applied to its last hidden state; computing the "
+                        "loss from the full logits instead (more memory)", type(unwrapped).__name__)
             self.fused_head = False
             return None
         teacher, hidden = self._teacher_view(inputs, fwd), hidden[:, :-1]
-        total = hidden.new_zeros((), dtype=torch.float32)
-        for s in range(0, hidden.shape[1], self.loss_chunk):
-            pos = slice(s, s + self.loss_chunk)
-            if not mask[:, pos].any():
-                continue
+
+        predicted = []  # the model's first choices at the counted positions, for a row gate
+
+        def chunk_loss(pos, logits):
             part = teacher if teacher is None else (teacher.positions(pos) if isinstance(teacher, TeacherTopK)
                                                      else teacher[:, pos])
-            fn = functools.partial(self._chunk_loss, teacher=part, mask=mask[:, pos], targets=targets[:, pos], head=head)
-            total = total + checkpoint(fn, hidden[:, pos], use_reentrant=False)
-        return total, mask.sum(), outputs
+            if self.row_gate is not None:
+                predicted.append(logits.detach().argmax(-1)[mask[:, pos]])
+            return self._loss(logits, part, mask[:, pos], targets[:, pos])[0]
+
+        chunks = [p for p in (slice(s, s + self.loss_chunk) for s in range(0, hidden.shape[1], self.loss_chunk))
+                  if mask[:, p].any()]
+        total = chunked_head_loss(hidden, linear.weight, chunk_loss, chunks, cap)
+        return total, mask.sum(), outputs, torch.cat(predicted) if predicted else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]  # (B, T), -100 where nothing is predicted
@@ -279,8 +273,7 @@ class DistillTrainer(Trainer):
         targets = labels[:, 1:].clamp_min(0)
         fused = self._fused_loss(model, inputs, fwd, mask, targets) if self.fused_head and not return_outputs else None
         if fused is not None:
-            total, count, outputs = fused
-            predicted = None  # the fused head never holds the logits: the batch's tokens only
+            total, count, outputs, predicted = fused
         else:
             outputs = model(**fwd)
             total, count = self._loss(outputs.logits[:, :-1], self._teacher_view(inputs, fwd), mask, targets)

@@ -40,12 +40,26 @@ def _full_mask(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return torch.ones((b, t), dtype=torch.bool, device=logits.device) if mask is None else mask.bool()
 
 
-def _counted_chunks(mask: torch.Tensor, chunk: int):
-    """Yield (position slice, (B, chunk) mask) for every chunk that has a counted position."""
-    for s in range(0, mask.shape[1], chunk):
-        m = mask[:, s : s + chunk]
+def _rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The counted rows (N, ...) of a chunk ``x`` (B, c, ...): a chunk counted throughout is reshaped, not indexed (no
+    gather, and no scatter in backward)."""
+    return x.flatten(0, 1) if bool(m.all()) else x[m]
+
+
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """float32 log-probabilities of ``logits`` (N, V) at ``temperature``."""
+    logits = logits.float()
+    return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
+def _counted_chunks(mask: torch.Tensor, chunk: int, *tensors: torch.Tensor):
+    """Yield ((B, c) mask, the (B, c, ...) chunk of each of ``tensors``) for every chunk of positions with a counted
+    one. The chunks come from ``split``, whose backward writes the gradient of the whole once (slicing would make a
+    (B, T, V) gradient per chunk)."""
+    parts = [t.split(chunk, dim=1) for t in tensors]
+    for i, m in enumerate(mask.split(chunk, dim=1)):
         if m.any():
-            yield slice(s, s + chunk), m
+            yield m, *(p[i] for p in parts)
 
 
 def _check(student: torch.Tensor, teacher_shape: tuple, mask: torch.Tensor | None, beta: float, temperature: float) -> None:
@@ -77,9 +91,9 @@ def distill_loss(
     _check(student_logits, tuple(teacher_logits.shape), mask, beta, temperature)
     mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for pos, m in _counted_chunks(mask, chunk):
-        s_logp = torch.log_softmax(student_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
-        t_logp = torch.log_softmax(teacher_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
+    for m, s_part, t_part in _counted_chunks(mask, chunk, student_logits, teacher_logits):
+        s_logp = _log_softmax(_rows(s_part, m), temperature)  # (N, V)
+        t_logp = _log_softmax(_rows(t_part, m), temperature)  # (N, V)
         total = total + _divergence(s_logp, t_logp, beta).sum()
     return total * temperature**2, mask.sum()
 
@@ -113,13 +127,14 @@ def topk_distill_loss(
                          "to the teacher's tokenizer first (xtok transplant)")
     mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for pos, m in _counted_chunks(mask, chunk):
-        s_logp = torch.log_softmax(student_logits[:, pos][m].float() / temperature, dim=-1)  # (N, V)
-        ids = teacher.ids[:, pos][m].long()  # (N, K)
-        s_b, t_b = s_logp.gather(-1, ids), teacher.logprobs[:, pos][m].float()  # (N, K)
+    for m, s_part, t_lp, t_ids, t_tail in _counted_chunks(mask, chunk, student_logits, teacher.logprobs, teacher.ids,
+                                                          teacher.tail):
+        s_logp = _log_softmax(_rows(s_part, m), temperature)  # (N, V)
+        ids = _rows(t_ids, m).long()  # (N, K)
+        s_b, t_b = s_logp.gather(-1, ids), _rows(t_lp, m).float()  # (N, K)
         if k < vocab:  # the tail bucket: everything outside the teacher's top K
             s_tail = _tail_logmass(s_logp, ids)  # (N,)
-            t_tail = teacher.tail[:, pos][m].float().clamp_min(_LOG_TINY)  # (N,); 0 mass -> the least float32 mass
+            t_tail = _rows(t_tail, m).float().clamp_min(_LOG_TINY)  # (N,); 0 mass -> the least float32 mass
             s_b, t_b = torch.cat([s_b, s_tail[:, None]], -1), torch.cat([t_b, t_tail[:, None]], -1)  # (N, K+1)
         total = total + _divergence(s_b, t_b, beta).sum()
     return total * temperature**2, mask.sum()
@@ -140,7 +155,7 @@ def teacher_topk_from_logits(logits: torch.Tensor, k: int, temperature: float = 
         raise ValueError(f"top_k={k} must lie in [1, {vocab}] (the teacher's vocabulary)")
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be positive")
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # (..., V)
+    logp = _log_softmax(logits, temperature)  # (..., V)
     top = logp.topk(k, dim=-1)
     tail = _tail_logmass(logp, top.indices) if k < vocab else logp.new_full(logp.shape[:-1], float("-inf"))
     return TeacherTopK(top.values, top.indices.int(), tail, float(temperature))
@@ -151,8 +166,8 @@ def cross_entropy_sum(student_logits: torch.Tensor, labels: torch.Tensor, mask: 
     """Summed next-token cross-entropy of ``labels`` (B, T) at the counted positions; returns (sum, count)."""
     mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
-    for pos, m in _counted_chunks(mask, chunk):
-        total = total + torch.nn.functional.cross_entropy(student_logits[:, pos][m].float(), labels[:, pos][m], reduction="sum")
+    for m, s_part, label in _counted_chunks(mask, chunk, student_logits, labels):
+        total = total + torch.nn.functional.cross_entropy(_rows(s_part, m).float(), _rows(label, m), reduction="sum")
     return total, mask.sum()
 
 
