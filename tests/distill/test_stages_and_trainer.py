@@ -159,3 +159,34 @@ def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokeniz
     assert g_fused.keys() == g_full.keys()
     for n in g_full:
         assert_float32_close(g_fused[n], g_full[n], terms=vocab, what=n)
+
+
+class _ShiftedHead(torch.nn.Linear):
+    """A head whose forward adds a term to ``x @ W^T`` (as a LoRA adapter on the head would)."""
+
+    def forward(self, x):
+        return super().forward(x) + 0.5 * x[..., :1]
+
+
+def test_fused_head_falls_back_for_a_head_that_is_more_than_its_weight(real_tokenizer, tmp_path, caplog):
+    """The fused head uses the head's weight alone; a head whose forward adds to it (its logits still the head applied to
+    the last hidden state, so the logits check alone would pass) gets the full-logits loss and gradients instead."""
+    tok = real_tokenizer("smollm2-135m")
+    ds = _data(tok, ["hello there world, and more words", "x"], 9)
+    batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    results = []
+    for fused in (True, False):
+        student = build_tiny("llama", tok, seed=2, tie_word_embeddings=False)
+        old = student.get_output_embeddings()
+        head = _ShiftedHead(old.in_features, old.out_features, bias=False)
+        head.weight = old.weight
+        student.set_output_embeddings(head)
+        trainer = DistillTrainer(model=student, args=args, train_dataset=ds, loss="ce", fused_head=fused, loss_chunk=3)
+        loss = trainer.compute_loss(student, dict(batch))
+        loss.backward()
+        assert trainer.fused_head is False
+        results.append((loss.detach(), student.get_output_embeddings().weight.grad.clone()))
+    assert "a Linear without bias" in caplog.text
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)

@@ -242,12 +242,15 @@ class DistillTrainer(Trainer):
         hidden = outputs.hidden_states[-1]  # (B, T, H), after the final norm
         unwrapped = self.accelerator.unwrap_model(model)
         linear, cap = unwrapped.get_output_embeddings(), getattr(unwrapped.config, "final_logit_softcapping", None)
-        with torch.no_grad():  # the model's own last-position logits check that the head is what it computes
-            same = getattr(linear, "bias", None) is None and torch.allclose(
-                capped(linear(hidden[:, -1:]), cap).float(), outputs.logits[:, -1:].float(), rtol=1e-4, atol=1e-4)
+        # the head is used as its weight alone: a plain Linear without bias (a LoRA-wrapped or otherwise overridden
+        # head would lose its extra term), and the model's own last-position logits check that it is what it computes
+        plain = type(linear).forward is torch.nn.Linear.forward and getattr(linear, "bias", None) is None
+        with torch.no_grad():
+            same = plain and torch.allclose(capped(linear(hidden[:, -1:]), cap).float(), outputs.logits[:, -1:].float(),
+                                            rtol=1e-4, atol=1e-4)
         if not same:
-            log.warning("%s's logits are not its output head (no bias) applied to its last hidden state; computing the "
-                        "loss from the full logits instead (more memory)", type(unwrapped).__name__)
+            log.warning("%s's logits are not its output head (a Linear without bias) applied to its last hidden state; "
+                        "computing the loss from the full logits instead (more memory)", type(unwrapped).__name__)
             self.fused_head = False
             return None
         teacher, hidden = self._teacher_view(inputs, fwd), hidden[:, :-1]
