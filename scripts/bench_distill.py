@@ -8,9 +8,11 @@ training, each trainer in a fresh child process (so peak RSS is its own): xtok w
 top-k teacher cache (built in the same process, teacher freed before training: what `xtok distill`
 does), xtok with the online teacher, and TRL's GKDTrainer (``trl.experimental.gkd``, lmbda=0 =
 off-policy, beta=0 = forward KL, the same loss as ours); xtok-cache-unfused is xtok-cache computing
-the loss from the model's full logits instead of the per-chunk checkpointed head, xtok-cache-lean is xtok-cache with
-gradient checkpointing (TRL's SFTConfig turns it on by default: the peer runs with it). tokens/s counts trained tokens
-per second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss.
+the loss from the model's full logits instead of the fused per-chunk head (the default), xtok-cache-lean is xtok-cache
+with gradient checkpointing (TRL's SFTConfig turns it on by default: the peer runs with it). tokens/s counts trained
+tokens per second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss. --repeats N
+runs the variants in turn N times (this machine's speed drifts between runs): each row is its median round, with
+every round and the per-round ratio to TRL.
 quality: held-out bits per byte per eval domain of (a) the transplanted student, (b) + stage 1
 (embeddings and head) with KL, (c) + stages 1-2 with KL, (d) + stages 1-2 with plain cross-entropy
 on the same text, (e) the untouched student (own tokenizer) trained by ULD against the teacher on the
