@@ -47,7 +47,7 @@ def _rows(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """float32 log-probabilities of ``logits`` (N, V) at ``temperature``."""
+    """float32 log-probabilities of ``logits`` (..., V) at ``temperature`` (no division at 1)."""
     logits = logits.float()
     return torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
