@@ -105,3 +105,27 @@ def test_candidate_search_gives_least_squares_on_its_support():
         torch.testing.assert_close(coef[i].double(), ref, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="at least k"):
         batch_omp(x, atoms, 8, candidates=4)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-3, 1e-6])
+def test_refit_is_the_least_squares_solution_at_any_conditioning(spread):
+    """Well-conditioned supports take the normal equations, near-collinear ones the SVD: both give numpy's float64
+    least squares to float32 precision (relative to the largest coefficient, since near-collinear pairs get large,
+    opposite coefficients)."""
+    from xtok.transplant.omp import REFIT_CONDITION, _refit
+
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((40, 64))
+    atoms = np.concatenate([base, base[:20] + spread * rng.standard_normal((20, 64))])  # atom 40+i ~ atom i
+    support = np.stack([np.r_[rng.choice(20, 1), rng.choice(np.arange(20, 40), 5)] for _ in range(30)])
+    support[:, 1] = support[:, 0] + 40  # every support holds one near-collinear pair
+    x = rng.standard_normal((30, 64))
+    coef = _refit(torch.tensor(x, dtype=torch.float32), torch.tensor(atoms, dtype=torch.float32),
+                  torch.tensor(support)).double().numpy()
+    a32 = torch.tensor(atoms, dtype=torch.float32).double().numpy()  # the float32 atoms _refit sees
+    x32 = torch.tensor(x, dtype=torch.float32).double().numpy()
+    for i in range(30):
+        ref, *_ = np.linalg.lstsq(a32[support[i]].T, x32[i], rcond=None)
+        np.testing.assert_allclose(coef[i], ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+    gram_cond = np.linalg.cond(a32[support[0]] @ a32[support[0]].T)
+    assert (gram_cond > 1 / REFIT_CONDITION) == (spread < 1e-4)  # 1e-3: normal equations at cond ~4e6; 1e-6: SVD

@@ -65,9 +65,9 @@ def transplant_cmd(
     head_method: Annotated[Optional[str], typer.Option(help="init method of the output head [default: subword-prior]")] = None,
     k: Annotated[Optional[int], typer.Option(help="OMP sparsity [default: 8]")] = None,
     candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors [128]")] = None,
-    exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (slow on CPUs without AMX)")] = None,
+    exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (one product with all of them per step)")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto, float32, bfloat16")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto (float32), float32, bfloat16 (approximate)")] = None,
     out_dtype: Annotated[Optional[str], typer.Option(help="dtype written: source (the student's), float32, bfloat16, "
                                                      "float16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,

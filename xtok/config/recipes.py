@@ -48,7 +48,8 @@ class TransplantConfig(Strict):
     exact: bool = Field(False, description="OMP over all anchors (ignores candidates)")
     chunk: int = Field(1024, ge=1, description="new tokens per OMP step; bounds peak memory")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="OMP correlation product dtype (auto: "
-                                                         "bfloat16 where the CPU has AMX)")
+                                                         "float32; bfloat16 approximates the choices, faster only "
+                                                         "for exact OMP on CPUs with AMX)")
     out_dtype: Literal["source", "float32", "bfloat16", "float16"] = Field(
         "source", description="dtype the transplant is written in (source: the student's stored dtype)")
     teacher_tokenizer_only: bool = Field(False, description="use only the teacher's tokenizer, not its embeddings")
