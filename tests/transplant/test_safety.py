@@ -6,7 +6,7 @@ import torch
 
 from tests.conftest import build_tiny
 from xtok.transplant.apply import transplant
-from xtok.transplant.safety import code_stats, robust_z
+from xtok.transplant.safety import ROW_NORM_FLOOR, CodeStats, code_stats, robust_z, scan
 from xtok.vocab.shared import build_token_map
 
 
@@ -32,6 +32,20 @@ def test_code_stats_and_robust_z_against_direct_computation():
     want_scale = 1.4826 * np.median(np.abs(r - np.median(r)))
     assert med == pytest.approx(np.median(r)) and scale == pytest.approx(want_scale)
     np.testing.assert_allclose(z.numpy(), (vals.double().numpy() - np.median(r)) / want_scale, rtol=1e-12)
+
+
+def test_row_norm_outliers_are_relative_on_a_student_whose_rows_share_one_norm():
+    """Gemma-3's rows all have norms 1.028-1.035 (MAD ~0.002): a new row 10% longer is no outlier, one twice as long
+    is, at the default z_max of 15 (flagged above (1 + 15 x ROW_NORM_FLOOR) x the median)."""
+    g = torch.Generator().manual_seed(0)
+    shared = 1.028 + 0.007 * torch.rand(5000, generator=g)
+    rows = torch.randn(4, 8, generator=g)
+    rows = rows / rows.norm(dim=1, keepdim=True) * torch.tensor([[1.03], [1.13], [2.06], [1.0]])
+    codes = [CodeStats(torch.arange(4), torch.ones(4), torch.full((4,), 0.8), torch.full((4,), 3), {})]
+    out = scan(codes, rows, shared, [b"a", b"b", b"c", b"d"], z_max=15.0)
+    assert [r["id"] for r in out["flagged_rows"]] == [2] and out["flagged_by"] == {"row norm": 1}
+    med = float(shared.median())
+    assert out["statistics"]["row_norm"]["shared_scale"] == pytest.approx(ROW_NORM_FLOOR * med, abs=1e-4)
 
 
 @pytest.fixture(scope="module")

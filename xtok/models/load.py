@@ -163,14 +163,19 @@ def load_tokenizer(spec: str | Path, cache_dir: str | Path | None = None):
     return AutoTokenizer.from_pretrained(resolve_tokenizer(spec, cache_dir))
 
 
+def load_causal_lm(spec: str | Path, cache_dir: str | Path | None = None, dtype: str = "float32"):
+    """Load a model alone, in eval mode, from any spec."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(spec, cache_dir), dtype=torch_dtype(dtype)).eval()
+
+
 def load_model(spec: str | Path, cache_dir: str | Path | None = None, dtype: str = "float32"):
     """Load (model, tokenizer) in eval mode from any spec."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     where = resolve_model(spec, cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(where)
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype(dtype)).eval()
-    return model, tokenizer
+    return load_causal_lm(where, dtype=dtype), AutoTokenizer.from_pretrained(where)
 
 
 SAFETENSORS_DTYPES = STORED_DTYPES

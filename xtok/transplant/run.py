@@ -13,6 +13,7 @@ from xtok.models.catalogue import CATALOGUE
 from xtok.models.load import (
     folder_parameters,
     is_prepared,
+    load_causal_lm,
     load_model,
     load_tokenizer,
     resolve_model,
@@ -63,8 +64,9 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model or teacher_runs else [])
     if not cfg.head_fit_tokens and all(any(Path(f).glob("*.safetensors")) for f in folders):
         # the models run only for a calibration (subword-prior), made first and let go: then the weights are streamed
-        calibration = _calibration(cfg, folders, alignment, cache_dir) if needs.calibration else None
-        return out, _run_streaming(cfg, out, alignment, folders, cache_dir, progress, calibration)
+        tokenizers = load_tokenizer(folders[0]), load_tokenizer(folders[1] if len(folders) > 1 else cfg.teacher, cache_dir)
+        calibration = _calibration(cfg, folders, tokenizers, alignment) if needs.calibration else None
+        return out, _run_streaming(cfg, out, alignment, folders, tokenizers, cache_dir, progress, calibration)
     check_memory(folders)  # the head fit trains the transplanted model's head: the in-memory path
     student, student_tok = load_model(folders[0], cache_dir)
     if cfg.head_fit_tokens and is_tied(student) and (cfg.head_method or cfg.method) == cfg.method:
@@ -103,15 +105,15 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     return out, report
 
 
-def _calibration(cfg: TransplantConfig, folders: list[str], alignment, cache_dir):
+def _calibration(cfg: TransplantConfig, folders: list[str], tokenizers: tuple, alignment):
     """The head method's calibration, on the student and (where the head method reads it) the teacher model loaded
-    for it alone and let go before the streaming transplant starts."""
+    for it alone and let go before the streaming transplant starts; ``tokenizers`` (student's, teacher's)."""
     from xtok.transplant.apply import calibrate_models
 
     check_memory(folders, student_copies=1)
-    student, student_tok = load_model(folders[0], cache_dir)
-    teacher_model, teacher_tok = load_model(folders[1], cache_dir) if len(folders) > 1 else \
-        (None, load_tokenizer(cfg.teacher, cache_dir))
+    student_tok, teacher_tok = tokenizers
+    student = load_causal_lm(folders[0])
+    teacher_model = load_causal_lm(folders[1]) if len(folders) > 1 else None
     calibration = calibrate_models(student, student_tok, teacher_tok, teacher_model=teacher_model, alignment=alignment,
                                    calibration_data=cfg.calibration_data, calibration_tokens=cfg.calibration_tokens,
                                    head_context=cfg.head_context)
@@ -120,12 +122,12 @@ def _calibration(cfg: TransplantConfig, folders: list[str], alignment, cache_dir
     return calibration
 
 
-def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[str], cache_dir, progress: bool,
-                   calibration=None) -> dict:
+def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[str], tokenizers: tuple, cache_dir,
+                   progress: bool, calibration=None) -> dict:
     from xtok.transplant.stream import stream_transplant
 
     student_dir, teacher_dir = folders[0], folders[1] if len(folders) > 1 else None
-    student_tok, teacher_tok = load_tokenizer(student_dir), load_tokenizer(teacher_dir or cfg.teacher, cache_dir)
+    student_tok, teacher_tok = tokenizers
     out_dtype = stored_dtype(student_dir) if cfg.out_dtype == "source" else cfg.out_dtype
     with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
         report = stream_transplant(

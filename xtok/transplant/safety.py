@@ -8,7 +8,8 @@ embedding is not. So each new row gets three statistics:
 
 - **coefficient norm** Σ_i |c_i| ‖a_i‖ / ‖x‖: 1 when the chosen anchors add up without cancelling, large when they
   cancel (scale-free, so one threshold serves every donor);
-- **row norm** ‖Σ c_i s_i‖ of the row written into the student;
+- **row norm** ‖Σ c_i s_i‖ of the row written into the student (its scale at least ``ROW_NORM_FLOOR`` of the shared
+  rows' median norm: on a student whose rows all have one norm, a row 1% longer is no outlier, one 1.75× as long is);
 - **residual** ‖x − Σ c_i a_i‖ / ‖x‖ of the donor vector (k anchors leave most of a natural embedding unexplained:
   about 0.8 on Qwen2.5's space at k=8).
 
@@ -69,12 +70,16 @@ def reference_stats(atoms: torch.Tensor, omp, seed: int = 0) -> dict[str, torch.
     return {"coef_norm": cn, "residual": res}
 
 
-def robust_z(values: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, float, float]:
-    """(z-scores of ``values``, median, scale) against ``reference``: (v − median) / (1.4826 · MAD)."""
+ROW_NORM_FLOOR = 0.05  # the row norm's robust scale is at least this share of the shared rows' median norm
+
+
+def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, float, float]:
+    """(z-scores of ``values``, median, scale) against ``reference``: (v − median) / (1.4826 · MAD), the scale at
+    least ``floor`` × |median| (1e-6: a reference without spread makes any departure extreme)."""
     ref = reference.double()
     med = float(ref.median())
     scale = 1.4826 * float((ref - med).abs().median())
-    scale = max(scale, 1e-6 * max(abs(med), 1e-12))  # a reference without spread: any departure is extreme
+    scale = max(scale, floor * max(abs(med), 1e-12))
     return (values.double() - med) / scale, med, scale
 
 
@@ -101,7 +106,8 @@ def scan(codes: list[CodeStats], rows: torch.Tensor, shared_norms: torch.Tensor,
     z, summary = {}, {}
     for name, values in stats.items():
         if name in refs and len(refs[name]):
-            z[name], med, scale = robust_z(values, refs[name])
+            # a student whose rows all have one norm (Gemma-3's: 1.028 to 1.035) would flag a row 1% longer
+            z[name], med, scale = robust_z(values, refs[name], ROW_NORM_FLOOR if name == "row_norm" else 1e-6)
             summary[name] = {"shared_median": round(med, 4), "shared_scale": round(scale, 4),
                              "new_max": round(float(values.max()), 4) if len(values) else None}
     flags = torch.zeros(len(ids), dtype=torch.bool)
