@@ -8,7 +8,8 @@
    input rows stay the transplant's. The context term is linear in alpha: the heads for alpha 0 and 1 give every other.
 3. Validation (documents of ../shared/corpus/train not in bundled:train, as in bench_heal.py): every (N, alpha); the
    setting with the lowest overall bits per byte is kept.
-4. Eval (bundled:eval, the README's split): untouched student, the transplant as made, the kept setting; bits per byte
+4. Eval (bundled:eval, the README's split): untouched student, the transplant as made (labelled with the head its
+   report says it got), the kept setting; bits per byte
    per domain with 95% bootstrap intervals and the paired ratio to the untouched student.
 Writes bench/results/head_context.json (another pair: head_context-STUDENT-TEACHER.json). One heavy job at a time.
 """
@@ -16,6 +17,7 @@ Writes bench/results/head_context.json (another pair: head_context-STUDENT-TEACH
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,17 @@ def heads(student, s_tok, teacher, t_tok, tokens: int) -> tuple[torch.Tensor, to
                                   teacher_vocab_size=teacher.config.get_text_config().vocab_size, head_context=alpha)
         rows[alpha], _ = space_rows(plan, "output", s_out, d_out, cal)
     return rows[0.0], rows[1.0] - rows[0.0], {**cal.report(), "seconds_with_heads": round(time.perf_counter() - t0, 1)}
+
+
+def made_with(folder: str | Path) -> str:
+    """What head the transplant in ``folder`` was made with, from its report: "static subword-prior", or its context
+    setting and calibration size."""
+    report = json.loads((Path(folder) / "transplant_report.json").read_text())
+    prior = report["spaces"]["output"].get("subword_prior")
+    if prior is None:
+        return f"head {report['spaces']['output']['method']}"
+    alpha = prior.get("head_context", 0.0)
+    return "static subword-prior" if not alpha else f"tokens {prior['tokens']['student']}, alpha {alpha:g}"
 
 
 def main() -> None:
@@ -80,7 +93,7 @@ def main() -> None:
     evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
     with torch.no_grad():
         head.copy_(made)
-    evals["transplanted (static subword-prior)"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
+    evals[f"transplanted as made ({made_with(path)})"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
     with torch.no_grad():
         head.copy_(settings[best])
     evals[f"transplanted, head_context ({best})"] = score(model, m_tok, ev_texts, ev_domains, evals["untouched"])
