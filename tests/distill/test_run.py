@@ -248,6 +248,34 @@ def test_teacher_cache_is_keyed_on_temperature_and_stores_the_exact_tail(real_to
                                    atol=0.0)
 
 
+def test_bf16_precision_trains_under_autocast_with_float32_weights(tiny_model_dir, tmp_path, data_file):
+    """precision bf16: the products run in bf16 (the losses move off float32's by about bf16's rounding, which they
+    would not without autocast), the weights trained and saved stay float32."""
+    student, teacher = tiny_model_dir("smollm2-135m"), tiny_model_dir("smollm2-135m", seed=1)
+    runs = {}
+    for precision in ("float32", "bf16"):
+        stages = [{"train": "full", "steps": 2, "learning_rate": 1e-3, "scheduler": "constant"}]
+        cfg = _cfg(tmp_path / precision, student, teacher, data_file, stages=stages, precision=precision)
+        out, _ = run_distill(cfg)
+        runs[precision] = _losses(out)
+        assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.float32}
+    f32, bf16 = runs["float32"], runs["bf16"]
+    assert f32.keys() == bf16.keys() and len(f32) == 2
+    for step in f32:  # bf16 keeps 8 significant bits: the loss of one batch moves by a few parts in a thousand
+        assert f32[step] != bf16[step] and bf16[step] == pytest.approx(f32[step], rel=3e-2)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_precision_auto_takes_bf16_only_where_it_is_fast(monkeypatch, caplog, fast):
+    import xtok.distill.run as run
+
+    monkeypatch.setattr(run, "fast_bf16", lambda: fast)
+    assert run.use_bf16("auto") is fast and run.use_bf16("float32") is False
+    with caplog.at_level("WARNING"):
+        assert run.use_bf16("bf16") is True
+    assert ("far slower than float32" in caplog.text) is not fast
+
+
 def test_lora_stage_and_plain_ce_without_teacher(tiny_model_dir, tmp_path, data_file):
     student = tiny_model_dir("smollm2-135m")
     cfg = _cfg(tmp_path, student, None, data_file, loss="ce",

@@ -139,6 +139,8 @@ def heal_cmd(
     steps: Annotated[Optional[int], typer.Option(help="optimizer steps (of a one-stage config)")] = None,
     loss: Annotated[Optional[str], typer.Option(help="alm (the original teaches, chunk by chunk) or ce (the text)")] = None,
     config: Annotated[Optional[str], typer.Option(help="a heal YAML (path or name under xtok/configs/heal/)")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="float32, bf16 (autocast; fast on GPUs and AMX CPUs) or auto "
+                                                          "[default: float32]")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output and any interrupted run")] = False,
 ) -> None:
     """Heal a transplant: its original teaches it across the two tokenizations; rerun to resume."""
@@ -148,7 +150,8 @@ def heal_cmd(
         if steps is not None and steps < 1:
             raise ValueError(f"--steps {steps}: give at least 1 step")
         cfg = _config_from_options("heal", config, {"model": model, "original": original, "out": out, "loss": loss,
-                                                    "max_minutes": minutes, "overwrite": overwrite or None},
+                                                    "max_minutes": minutes, "precision": precision,
+                                                    "overwrite": overwrite or None},
                                    ("model", "original", "out"))
         if steps is not None:
             if len(cfg.stages) != 1:

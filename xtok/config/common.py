@@ -11,6 +11,7 @@ from xtok import registry as registries  # imports nothing else of xtok: the mod
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"  # package data: shipped in the wheel
 DType = Literal["float32", "bfloat16"]
+Precision = Literal["float32", "bf16", "auto"]  # training: float32, or bf16 autocast over float32 weights
 
 
 def _registered(registry: str) -> AfterValidator:

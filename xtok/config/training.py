@@ -6,8 +6,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from xtok.config.common import DataConfig, LossName, Strict
+from xtok.config.common import DataConfig, LossName, Precision, Strict
 from xtok.registry import LOSSES
+
+PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, weights, optimizer and losses in float32; fast on a GPU "
+                  "and on CPUs with AMX, ~300x slower than float32 on CPUs without), or auto (bf16 where it is fast)")
 
 
 class StageConfig(Strict):
@@ -99,6 +102,7 @@ class DistillConfig(Strict):
                              "exist; nothing is recomputed (off: the model's own full logits; uld and alm always)")
     gradient_checkpointing: bool = Field(False, description="recompute each layer's activations in backward instead "
                                          "of keeping them (less memory, one more forward of the layers)")
+    precision: Precision = Field("float32", description=PRECISION_HELP)
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -153,6 +157,7 @@ class HealConfig(Strict):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)
     loss_chunk: int = Field(16, ge=1)
+    precision: Precision = Field("float32", description=PRECISION_HELP)
     overwrite: bool = False
 
     @model_validator(mode="after")
@@ -171,4 +176,5 @@ class HealConfig(Strict):
                              grad_accum=self.grad_accum, loss=self.loss, temperature=self.temperature,
                              ce_weight=self.ce_weight, teacher_cache=TeacherCacheConfig(top_k=None), stages=self.stages,
                              max_minutes=self.max_minutes, seed=self.seed, logging_steps=self.logging_steps,
-                             save_steps=self.save_steps, loss_chunk=self.loss_chunk, overwrite=self.overwrite)
+                             save_steps=self.save_steps, loss_chunk=self.loss_chunk, precision=self.precision,
+                             overwrite=self.overwrite)
