@@ -12,7 +12,8 @@ the loss from the model's full logits instead of the fused per-chunk head (the d
 with gradient checkpointing (TRL's SFTConfig turns it on by default: the peer runs with it). tokens/s counts trained
 tokens per second over the optimizer steps after the first (warm-up); peak RSS is the child's ru_maxrss. --repeats N
 runs the variants in turn N times (this machine's speed drifts between runs): each row is its median round, with
-every round and the per-round ratio to TRL.
+every round and the per-round ratio to TRL. --precision bf16 runs every trainer under bf16 autocast (the Trainer's
+bf16; xtok's precision: bf16), for a GPU or a CPU with AMX.
 quality: held-out bits per byte per eval domain of (a) the transplanted student, (b) + stage 1
 (embeddings and head) with KL, (c) + stages 1-2 with KL, (d) + stages 1-2 with plain cross-entropy
 on the same text, (e) the untouched student (own tokenizer) trained by ULD against the teacher on the
@@ -80,7 +81,8 @@ def child(args) -> dict:
     timer = StepTimer()
     common = dict(output_dir=str(Path(args.tmp) / args.child), max_steps=args.steps, learning_rate=1e-5,
                   per_device_train_batch_size=args.batch_size, report_to=[], use_cpu=True, save_strategy="no",
-                  logging_strategy="no", disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False, seed=0)
+                  logging_strategy="no", disable_tqdm=True, remove_unused_columns=False, dataloader_pin_memory=False, seed=0,
+                  bf16=args.precision == "bf16")  # every trainer the same: bf16 autocast, or float32
     if args.child.startswith("xtok"):  # TRL's SFTConfig keeps its own default, gradient checkpointing on
         common.update(gradient_checkpointing=args.child == "xtok-cache-lean",
                       gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -103,8 +105,8 @@ def child(args) -> dict:
 
         rows = blocks.tolist()  # SFTTrainer takes only a datasets.Dataset
         ds = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(r) for r in rows], "labels": rows})
-        # SFTConfig turns bf16 on by default; ours trains in float32, and bf16 on a CPU without AMX is ~300x slower
-        cfg = GKDConfig(**common, lmbda=0.0, beta=0.0, temperature=1.0, max_length=args.seq_len, bf16=False)
+        # SFTConfig turns bf16 on by default; here it follows --precision (bf16 on a CPU without AMX is ~300x slower)
+        cfg = GKDConfig(**common, lmbda=0.0, beta=0.0, temperature=1.0, max_length=args.seq_len)
         trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds,
                              data_collator=default_data_collator, processing_class=tok, callbacks=[timer.callback])
     trainer.train()
@@ -149,7 +151,7 @@ def speed_section(args, earlier: dict | None) -> dict:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", variant, "--student", args.student, "--teacher", args.teacher,
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-                   "--top-k", str(args.top_k), "--tmp", args.tmp]
+                   "--top-k", str(args.top_k), "--tmp", args.tmp, "--precision", args.precision]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"{variant} failed:\n{res.stderr[-4000:]}")
@@ -160,7 +162,8 @@ def speed_section(args, earlier: dict | None) -> dict:
         rows[variant] = median | ({"rounds": runs} if len(runs) > 1 else {})
     add_ratios(rows)
     return {"settings": {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "top_k": args.top_k,
-                         "loss_chunk": LOSS_CHUNK, "trained": "every weight", "data": "bundled:train code"}, "rows": rows}
+                         "loss_chunk": LOSS_CHUNK, "trained": "every weight", "data": "bundled:train code",
+                         "precision": args.precision}, "rows": rows}
 
 
 def _bpb(spec: str, label: str, max_docs: int, max_chars: int) -> dict:
@@ -224,6 +227,8 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                     help="speed: which trainers to (re)measure; the others stay as the file has them")
     ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                    help="speed: every trainer in float32, or every trainer under bf16 autocast (a GPU, a CPU with AMX)")
     ap.add_argument("--config", default="distill/qwen2.5-coder-0.5b_to_smollm2-135m")
     ap.add_argument("--overrides", nargs="*", default=[], help="quality: key=value over the distill config")
     ap.add_argument("--quality-runs", nargs="+", choices=["kl", "ce", "uld"], default=["kl", "ce", "uld"],
