@@ -20,6 +20,12 @@ def capped(z: torch.Tensor, cap: float | None) -> torch.Tensor:
     return z if not cap else torch.tanh(z / cap) * cap  # Gemma's final_logit_softcapping
 
 
+def product_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives matrix products on ``t``'s device here (bf16 under a bf16 run), None where it is off."""
+    device = t.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, chunk_loss, chunks, cap):
@@ -28,18 +34,22 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if want_h else None  # (B, T, H)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None  # (V, H)
         total = hidden.new_zeros((), dtype=acc)
-        for pos in chunks:
-            h = hidden[:, pos]  # (B, c, H)
-            z = torch.matmul(h, weight.t()).requires_grad_(True)  # (B, c, V)
-            with torch.enable_grad():
-                loss = chunk_loss(pos, capped(z, cap))
-            (dz,) = torch.autograd.grad(loss, z)  # (B, c, V)
-            total += loss.detach().to(acc)
-            del z, loss
-            if want_h:
-                grad_h[:, pos] = torch.matmul(dz, weight)
-            if want_w:
-                grad_w.addmm_(dz.flatten(0, 1).t().to(acc), h.flatten(0, 1).to(acc))
+        low = product_dtype(hidden)
+        # under autocast the head is cast once, not twice per chunk as autocast would (a 152k-row head: ~1 s a step)
+        w = weight if low is None else weight.to(low)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for pos in chunks:
+                h = hidden[:, pos]  # (B, c, H)
+                z = torch.matmul(h.to(w.dtype), w.t()).requires_grad_(True)  # (B, c, V)
+                with torch.enable_grad():
+                    loss = chunk_loss(pos, capped(z, cap))
+                (dz,) = torch.autograd.grad(loss, z)  # (B, c, V)
+                total += loss.detach().to(acc)
+                del z, loss
+                if want_h:
+                    grad_h[:, pos] = torch.matmul(dz.to(w.dtype), w)
+                if want_w:
+                    grad_w.addmm_(dz.flatten(0, 1).t().to(acc), h.flatten(0, 1).to(acc))
         ctx.grads, ctx.weight_dtype = (grad_h, grad_w), weight.dtype
         return total
 
@@ -59,7 +69,8 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor,
                       cap: float | None = None) -> torch.Tensor:
     """The sum over ``chunks`` (increasing slices of T) of ``chunk_loss(pos, logits)``, logits = cap(hidden[:, pos] @
     weight^T) (B, c, V); differentiable in ``hidden`` (B, T, H) and ``weight`` (V, H), with the gradients of a head
-    applied to the whole sequence at once. A chunk not listed contributes nothing (for fully masked chunks)."""
+    applied to the whole sequence at once. A chunk not listed contributes nothing (for fully masked chunks). Under
+    autocast (a bf16 run) the head's products run in its dtype, the losses and the weight's gradient in float32."""
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden states of width {hidden.shape[-1]} and a head of shape {tuple(weight.shape)} differ")
     chunks = [slice(*pos.indices(hidden.shape[1])[:2]) for pos in chunks]
@@ -69,6 +80,9 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor,
         return _ChunkedHeadLoss.apply(hidden, weight, chunk_loss, chunks, cap)
     acc = torch.promote_types(weight.dtype, torch.float32)
     total = hidden.new_zeros((), dtype=acc)
-    for pos in chunks:  # no gradient wanted (evaluation): the loss alone
-        total += chunk_loss(pos, capped(torch.matmul(hidden[:, pos], weight.t()), cap)).to(acc)
+    low = product_dtype(hidden)
+    w = weight if low is None else weight.to(low)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for pos in chunks:  # no gradient wanted (evaluation): the loss alone
+            total += chunk_loss(pos, capped(torch.matmul(hidden[:, pos].to(w.dtype), w.t()), cap)).to(acc)
     return total

@@ -216,14 +216,14 @@ class DistillTrainer(Trainer):
             raise ValueError(f"loss {self.loss_name!r} needs a teacher: give a teacher model or batches with a cached top-k")
         if "teacher_input_ids" in inputs:  # the teacher's own tokenization of the same text (uld, alm)
             t_ids, t_att = inputs["teacher_input_ids"], inputs["teacher_attention_mask"]
-            with torch.no_grad():
+            with torch.no_grad(), self.accelerator.autocast():  # bf16 where the run's precision is (the teacher too)
                 logits = self.teacher(input_ids=t_ids, attention_mask=t_att).logits[:, :-1]  # (B, Tt-1, Vt)
                 if "teacher_chunk" in inputs:
                     lp = token_logprobs(logits, t_ids[:, 1:], self.loss_chunk)  # (B, Tt-1)
                     lp = torch.cat([lp.new_zeros((lp.shape[0], 1)), lp], 1)  # position 0: not predicted
                     return TeacherChunks(lp, inputs["teacher_chunk"], inputs["student_chunk"])
             return TeacherOtherVocab(logits, t_att[:, 1:].bool())
-        with torch.no_grad():
+        with torch.no_grad(), self.accelerator.autocast():
             return self.teacher(**fwd).logits[:, :-1]  # (B, T-1, V)
 
     def _loss(self, s_logits, teacher, mask, targets):
@@ -245,7 +245,9 @@ class DistillTrainer(Trainer):
         # the head is used as its weight alone: a plain Linear without bias (a LoRA-wrapped or otherwise overridden
         # head would lose its extra term), and the model's own last-position logits check that it is what it computes
         plain = type(linear).forward is torch.nn.Linear.forward and getattr(linear, "bias", None) is None
-        with torch.no_grad():
+        # the head runs under the forward's autocast (bf16 precision: accelerate wraps only model.forward in it), so its
+        # products are the forward's and the check below compares like with like
+        with torch.no_grad(), self.accelerator.autocast():
             same = plain and torch.allclose(capped(linear(hidden[:, -1:]), cap).float(), outputs.logits[:, -1:].float(),
                                             rtol=1e-4, atol=1e-4)
         if not same:
@@ -266,7 +268,8 @@ class DistillTrainer(Trainer):
 
         chunks = [p for p in (slice(s, s + self.loss_chunk) for s in range(0, hidden.shape[1], self.loss_chunk))
                   if mask[:, p].any()]
-        total = chunked_head_loss(hidden, linear.weight, chunk_loss, chunks, cap)
+        with self.accelerator.autocast():
+            total = chunked_head_loss(hidden, linear.weight, chunk_loss, chunks, cap)
         return total, mask.sum(), outputs, torch.cat(predicted) if predicted else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
