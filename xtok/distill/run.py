@@ -108,8 +108,8 @@ def use_bf16(precision: str) -> bool:
 
 def _training_args(cfg: DistillConfig, stage, folder: Path, progress: bool) -> TrainingArguments:
     cuda = torch.cuda.is_available()
-    return TrainingArguments(bf16=use_bf16(cfg.precision),
-        output_dir=str(folder / "checkpoints"), use_cpu=not cuda, max_steps=stage.steps,
+    return TrainingArguments(
+        output_dir=str(folder / "checkpoints"), use_cpu=not cuda, bf16=use_bf16(cfg.precision), max_steps=stage.steps,
         learning_rate=stage.learning_rate, lr_scheduler_type=stage.scheduler, warmup_steps=stage.warmup_ratio,
         weight_decay=stage.weight_decay, per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum, logging_steps=cfg.logging_steps, logging_first_step=True,

@@ -9,7 +9,8 @@ embedding is not. So each new row gets three statistics:
 - **coefficient norm** Σ_i |c_i| ‖a_i‖ / ‖x‖: 1 when the chosen anchors add up without cancelling, large when they
   cancel (scale-free, so one threshold serves every donor);
 - **row norm** ‖Σ c_i s_i‖ of the row written into the student (its scale at least ``ROW_NORM_FLOOR`` of the shared
-  rows' median norm: on a student whose rows all have one norm, a row 1% longer is no outlier, one 1.75× as long is);
+  rows' median norm: on a student whose rows all have one norm, a row 10% longer is no outlier; at z_max 15, one
+  over 1.75× the median is);
 - **residual** ‖x − Σ c_i a_i‖ / ‖x‖ of the donor vector (k anchors leave most of a natural embedding unexplained:
   about 0.8 on Qwen2.5's space at k=8).
 
