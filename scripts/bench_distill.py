@@ -93,11 +93,11 @@ def child(args) -> dict:
         cache_seconds = time.perf_counter() - t0
         del teacher
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks, topk),
-                                 loss="forward_kl", fused_head=args.child != "xtok-cache-unfused", loss_chunk=LOSS_CHUNK,
+                                 loss="forward_kl", fused_head=args.child != "xtok-cache-unfused", loss_chunk=args.loss_chunk,
                                  callbacks=[timer.callback])
     elif args.child == "xtok-online":
         trainer = DistillTrainer(model=student, args=TrainingArguments(**common), train_dataset=BlockDataset(blocks),
-                                 teacher=teacher, loss="forward_kl", fused_head=True, loss_chunk=LOSS_CHUNK,
+                                 teacher=teacher, loss="forward_kl", fused_head=True, loss_chunk=args.loss_chunk,
                                  callbacks=[timer.callback])
     else:
         from datasets import Dataset
@@ -151,7 +151,8 @@ def speed_section(args, earlier: dict | None) -> dict:
         for variant in args.variants:
             cmd = [sys.executable, __file__, "--child", variant, "--student", args.student, "--teacher", args.teacher,
                    "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-                   "--top-k", str(args.top_k), "--tmp", args.tmp, "--precision", args.precision]
+                   "--top-k", str(args.top_k), "--tmp", args.tmp, "--precision", args.precision,
+                   "--loss-chunk", str(args.loss_chunk)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise RuntimeError(f"{variant} failed:\n{res.stderr[-4000:]}")
@@ -162,7 +163,7 @@ def speed_section(args, earlier: dict | None) -> dict:
         rows[variant] = median | ({"rounds": runs} if len(runs) > 1 else {})
     add_ratios(rows)
     return {"settings": {"steps": args.steps, "batch_size": args.batch_size, "seq_len": args.seq_len, "top_k": args.top_k,
-                         "loss_chunk": LOSS_CHUNK, "trained": "every weight", "data": "bundled:train code",
+                         "loss_chunk": args.loss_chunk, "trained": "every weight", "data": "bundled:train code",
                          "precision": args.precision}, "rows": rows}
 
 
@@ -227,6 +228,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                     help="speed: which trainers to (re)measure; the others stay as the file has them")
     ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--loss-chunk", type=int, default=LOSS_CHUNK, help="speed: xtok's loss_chunk [the config's default]")
     ap.add_argument("--precision", choices=["float32", "bf16"], default="float32",
                     help="speed: every trainer in float32, or every trainer under bf16 autocast (a GPU, a CPU with AMX)")
     ap.add_argument("--config", default="distill/qwen2.5-coder-0.5b_to_smollm2-135m")
