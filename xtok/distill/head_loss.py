@@ -20,10 +20,11 @@ def capped(z: torch.Tensor, cap: float | None) -> torch.Tensor:
     return z if not cap else torch.tanh(z / cap) * cap  # Gemma's final_logit_softcapping
 
 
-def product_dtype(t: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast gives matrix products on ``t``'s device here (bf16 under a bf16 run), None where it is off."""
-    device = t.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+def product_weight(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` in the dtype autocast gives matrix products on ``hidden``'s device here (bf16 under a bf16 run), cast
+    once: autocast itself would cast the head twice per chunk (a 152k-row head: ~1 s a step). As is where it is off."""
+    device = hidden.device.type
+    return weight.to(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else weight
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
@@ -34,9 +35,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         grad_h = torch.zeros_like(hidden) if want_h else None  # (B, T, H)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want_w else None  # (V, H)
         total = hidden.new_zeros((), dtype=acc)
-        low = product_dtype(hidden)
-        # under autocast the head is cast once, not twice per chunk as autocast would (a 152k-row head: ~1 s a step)
-        w = weight if low is None else weight.to(low)
+        w = product_weight(hidden, weight)
         with torch.autocast(hidden.device.type, enabled=False):
             for pos in chunks:
                 h = hidden[:, pos]  # (B, c, H)
@@ -80,8 +79,7 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor,
         return _ChunkedHeadLoss.apply(hidden, weight, chunk_loss, chunks, cap)
     acc = torch.promote_types(weight.dtype, torch.float32)
     total = hidden.new_zeros((), dtype=acc)
-    low = product_dtype(hidden)
-    w = weight if low is None else weight.to(low)
+    w = product_weight(hidden, weight)
     with torch.autocast(hidden.device.type, enabled=False):
         for pos in chunks:  # no gradient wanted (evaluation): the loss alone
             total += chunk_loss(pos, capped(torch.matmul(hidden[:, pos].to(w.dtype), w.t()), cap)).to(acc)

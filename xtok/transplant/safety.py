@@ -71,10 +71,12 @@ def reference_stats(atoms: torch.Tensor, omp, seed: int = 0) -> dict[str, torch.
     return {"coef_norm": cn, "residual": res}
 
 
+SPREAD_FLOOR = 1e-6  # a robust scale is at least this share of the median: a reference without spread
 ROW_NORM_FLOOR = 0.05  # the row norm's robust scale is at least this share of the shared rows' median norm
 
 
-def robust_z(values: torch.Tensor, reference: torch.Tensor, floor: float = 1e-6) -> tuple[torch.Tensor, float, float]:
+def robust_z(values: torch.Tensor, reference: torch.Tensor,
+             floor: float = SPREAD_FLOOR) -> tuple[torch.Tensor, float, float]:
     """(z-scores of ``values``, median, scale) against ``reference``: (v − median) / (1.4826 · MAD), the scale at
     least ``floor`` × |median| (1e-6: a reference without spread makes any departure extreme)."""
     ref = reference.double()
@@ -107,8 +109,8 @@ def scan(codes: list[CodeStats], rows: torch.Tensor, shared_norms: torch.Tensor,
     z, summary = {}, {}
     for name, values in stats.items():
         if name in refs and len(refs[name]):
-            # a student whose rows all have one norm (Gemma-3's: 1.028 to 1.035) would flag a row 1% longer
-            z[name], med, scale = robust_z(values, refs[name], ROW_NORM_FLOOR if name == "row_norm" else 1e-6)
+            # a student whose rows all have one norm (Gemma-3's: 1.028 to 1.035) would flag a row 4% longer
+            z[name], med, scale = robust_z(values, refs[name], ROW_NORM_FLOOR if name == "row_norm" else SPREAD_FLOOR)
             summary[name] = {"shared_median": round(med, 4), "shared_scale": round(scale, 4),
                              "new_max": round(float(values.max()), 4) if len(values) else None}
     flags = torch.zeros(len(ids), dtype=torch.bool)
