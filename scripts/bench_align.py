@@ -32,7 +32,8 @@ from xtok.corpus import load_corpus
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model, load_tokenizer
 from xtok.transplant.apply import transplant
-from xtok.utils.io import command_line, machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import command_line, package_versions, write_json
 from xtok.vocab.shared import build_token_map
 
 

@@ -37,7 +37,8 @@ import torch
 
 from xtok.config import DataConfig, DistillConfig
 from xtok.configfile import config_from_dict
-from xtok.utils.io import command_line, machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import command_line, package_versions, write_json
 
 # xtok-cache: the distill config's defaults (fused_head, loss_chunk)
 # xtok-cache-unfused: the same as xtok-cache with fused_head off (the model's own full logits)

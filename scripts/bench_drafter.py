@@ -30,7 +30,8 @@ from pathlib import Path
 
 from xtok.configfile import config_from_dict
 from xtok.speculative.run import run_draft_check
-from xtok.utils.io import command_line, machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import command_line, package_versions, write_json
 
 COLUMNS = ("backend", "drafter_kind", "k", "acceptance_rate", "mean_acceptance_length", "tokens_per_second_target_alone",
            "tokens_per_second_with_drafter", "speedup", "lossless")

@@ -20,7 +20,8 @@ from xtok.ensemble.mix import Ensemble, check_members, normalized_weights
 from xtok.ensemble.run import best_member_gap
 from xtok.eval.run import eval_model
 from xtok.models.load import load_model
-from xtok.utils.io import command_line, machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import command_line, package_versions, write_json
 
 
 def bits(res: dict) -> dict[str, float]:

@@ -36,7 +36,8 @@ from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.calibrate import calibration_texts  # noqa: E402
 from xtok.transplant.head_fit import final_states, fit_rows, teacher_targets, token_windows  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
-from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
+from xtok.utils.hardware import machine_info  # noqa: E402
+from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
 from xtok.vocab.shared import build_token_map  # noqa: E402
 

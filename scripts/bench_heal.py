@@ -43,7 +43,8 @@ from xtok.distill.heal import CURVE_FILE, run_heal  # noqa: E402
 from xtok.eval.bpb import bootstrap_bpb, evaluate  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.apply import save_transplant, transplant  # noqa: E402
-from xtok.utils.io import command_line, machine_info, package_versions, write_json  # noqa: E402
+from xtok.utils.hardware import machine_info  # noqa: E402
+from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.shared import build_token_map  # noqa: E402
 
 SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "train"
@@ -165,8 +166,18 @@ def main() -> None:
     ap.add_argument("--reuse", default=None, help="a heal JSON of an earlier run: keep its transplant, validation and "
                     "zero-shot sections (with --transplanted, its saved transplant) and redo the heal part")
     ap.add_argument("--transplanted", default=None, help="the transplant folder the --reuse run saved")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bf16", "auto"])
+    ap.add_argument("--full-logits", action="store_true", help="fused_head: false (faster under bf16 on AMX)")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget of each heal's training")
+    ap.add_argument("--curve-points", type=int, default=4, help="validation points of the curve after the start")
+    ap.add_argument("--healed", default=None, help="with --reuse: a healed folder of that run (its heal section is kept "
+                    "and not redone); for --distill-e2e")
+    ap.add_argument("--distill-e2e", default=None, help="an end-to-end config (name or path): distill the healed model "
+                    "with its distill section (under --precision / --full-logits) and score it on the eval split")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.healed and not args.reuse:
+        ap.error("--healed needs --reuse (the JSON of the run that healed it)")
     args.out = args.out or pair_results("heal", (args.student, args.teacher))
     result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
               "student": args.student, "teacher": args.teacher, "load": "nothing else running"}
@@ -182,13 +193,41 @@ def main() -> None:
         kept = json.loads(Path(args.reuse).read_text())
         result.update({k: kept[k] for k in ("transplant", "validation", "eval") if k in kept})
         result["earlier_heal_runs"] = kept.get("earlier_heal_runs", [])
+        if args.healed:
+            result.update({k: kept[k] for k in ("heal", "heal_chosen_on_validation") if k in kept})
         path = Path(args.transplanted)
         evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
     else:
         path, evals = transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts,
                                                ev_domains)
-    heal_section(args, result, evals, student, s_tok, path, work, val_texts, val_domains, ev_texts, ev_domains)
+    healed = Path(args.healed) if args.healed else heal_section(args, result, evals, student, s_tok, path, work,
+                                                                 val_texts, val_domains, ev_texts, ev_domains)
+    if args.distill_e2e:
+        distill_section(args, result, evals, healed, work, ev_texts, ev_domains)
     print(f"written {args.out}")
+
+
+def distill_section(args, result, evals, healed: Path, work: Path, ev_texts, ev_domains) -> None:
+    """The issue's last step: the healed student distilled from the teacher at the end-to-end recipe's budget (its
+    distill section), scored on the eval split."""
+    from xtok.configfile import load_config
+    from xtok.distill.run import run_distill
+
+    e2e = load_config(args.distill_e2e, recipe="end_to_end")
+    cfg = e2e.distill_config(str(healed), str(work / "distilled"))
+    cfg = cfg.model_copy(update={"precision": args.precision, "fused_head": cfg.fused_head and not args.full_logits})
+    with PeakRSS() as mem:
+        t0 = time.perf_counter()
+        out, rep = run_distill(cfg)
+        seconds = time.perf_counter() - t0
+    result["distill_from_healed"] = {"healed": str(healed), "e2e_config": args.distill_e2e, "seconds": round(seconds, 1),
+                                     "peak_rss_gb": round(mem.peak / 2**30, 2), "stages": rep["stages"],
+                                     "config": cfg.model_dump(mode="json")}
+    model, tok = load_model(str(out))
+    steps = "+".join(str(st["steps"]) for st in rep["stages"])
+    name = f"healed + distilled ({cfg.loss}, {steps} steps: the end-to-end budget)"
+    result["eval"][name] = public(score(model, tok, ev_texts, ev_domains, evals["untouched"]))
+    write_json(args.out, result)
 
 
 def transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts, ev_domains):
@@ -220,9 +259,9 @@ def transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_
     return path, evals
 
 
-def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val_domains, ev_texts, ev_domains):
+def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val_domains, ev_texts, ev_domains) -> Path:
     """Each loss heals the transplant for the same steps, its curve on the validation text; the loss whose last
-    point is lowest overall is chosen there, and only it is scored on the eval split."""
+    point is lowest overall is chosen there, and only it is scored on the eval split (returned: its folder)."""
     result["heal"] = {}
     curve_file = work / "curve.jsonl"
     curve_file.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in zip(val_texts, val_domains)))
@@ -237,7 +276,9 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
                          loss=loss, stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
                                                         scheduler="constant_with_warmup", warmup_ratio=0.05,
                                                         row_spaces=spaces, head_rows=head_rows)],
-                         curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // 4), save_steps=10**6)
+                         curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // args.curve_points),
+                         save_steps=10**6, precision=args.precision, fused_head=not args.full_logits,
+                         max_minutes=args.minutes)
         with PeakRSS() as mem:
             t0 = time.perf_counter()
             out, rep = run_heal(cfg)
@@ -245,7 +286,7 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
         healed_dirs[name] = out
         stage = rep["stages"][0]
         result["heal"][name] = {"seconds": round(seconds, 1), "train_seconds": stage["seconds"],
-                                "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
+                                "steps": stage["steps"], "tokens": stage["steps"] * cfg.batch_size * cfg.grad_accum * cfg.seq_len,
                                 "tokens_per_second": stage["tokens_per_second"], "peak_rss_gb": round(mem.peak / 2**30, 2),
                                 "trainable_parameters": stage["trainable_parameters"], "train_loss": stage["train_loss"],
                                 "curve": json.loads((out / CURVE_FILE).read_text()), "config": cfg.model_dump(mode="json")}
@@ -256,9 +297,11 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
     healed, h_tok = load_model(str(healed_dirs[best]))
     loss, spaces, head_rows = variants[best]
     rows = "+".join(spaces) + (f" rows, head_rows {head_rows}" if "output" in spaces else " rows")
-    name = f"healed ({loss}, {args.steps} steps, {rows})"
+    steps = result["heal"][best]["steps"]
+    name = f"healed ({loss}, {steps} steps, {rows}{', ' + args.precision if args.precision != 'float32' else ''})"
     result["eval"][name] = public(score(healed, h_tok, ev_texts, ev_domains, evals["untouched"]))
     write_json(args.out, result)
+    return healed_dirs[best]
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from xtok.eval.run import eval_model
 from xtok.models import catalogue as cat
 from xtok.models.convert import MODEL_INFO_FILE, convert_gguf
 from xtok.models.load import load_model, prepare
-from xtok.utils.io import machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import package_versions, write_json
 
 
 def main() -> None:

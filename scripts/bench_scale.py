@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from xtok.models.load import load_tokenizer, stored_tensors  # noqa: E402
-from xtok.utils.io import machine_info, package_versions, write_json  # noqa: E402
+from xtok.utils.hardware import machine_info  # noqa: E402
+from xtok.utils.io import package_versions, write_json  # noqa: E402
 
 
 def write_synthetic(folder: Path, args, tok) -> dict:

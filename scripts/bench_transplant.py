@@ -36,7 +36,8 @@ from xtok.eval.run import eval_model
 from xtok.models.load import load_model, resolve_model
 from xtok.transplant.apply import transplant
 from xtok.transplant.omp import batch_omp, resolve_dtype
-from xtok.utils.io import command_line, machine_info, package_versions, write_json
+from xtok.utils.hardware import machine_info
+from xtok.utils.io import command_line, package_versions, write_json
 from xtok.vocab.shared import build_token_map
 
 PEER_CODE = """

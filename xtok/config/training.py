@@ -9,6 +9,8 @@ from pydantic import Field, model_validator
 from xtok.config.common import DataConfig, LossName, Precision, Strict
 from xtok.registry import LOSSES
 
+LOSS_CHUNK = 16  # positions per chunk of the loss (distill and heal, and DistillTrainer's default)
+
 PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, weights, optimizer and losses in float32; fast on a GPU "
                   "and on CPUs with AMX, ~300x slower than float32 on CPUs without), or auto (bf16 where it is fast)")
 
@@ -94,7 +96,7 @@ class DistillConfig(Strict):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1, description="checkpoint every N steps inside a stage (resume point)")
     report_to: list[str] = Field(default_factory=list, description="Trainer report_to, e.g. [tensorboard]")
-    loss_chunk: int = Field(16, ge=1, description="positions per chunk of the loss: its float32 copies are batch x "
+    loss_chunk: int = Field(LOSS_CHUNK, ge=1, description="positions per chunk of the loss: its float32 copies are batch x "
                             "loss_chunk x vocab; about 32 rows (16 at batch 2) keep them in a CPU's cache, 2-3x faster "
                             "than 64 rows here")
     fused_head: bool = Field(True, description="apply the output head per loss chunk, taking the chunk's gradients "
@@ -156,7 +158,9 @@ class HealConfig(Strict):
     seed: int = 0
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(50, ge=1)
-    loss_chunk: int = Field(16, ge=1)
+    loss_chunk: int = Field(LOSS_CHUNK, ge=1)
+    fused_head: bool = Field(True, description="ce: the head per loss chunk (less memory); off: the full logits, "
+                             "faster under bf16 on an AMX CPU (README, Distillation: precision)")
     precision: Precision = Field("float32", description=PRECISION_HELP)
     overwrite: bool = False
 
@@ -176,5 +180,5 @@ class HealConfig(Strict):
                              grad_accum=self.grad_accum, loss=self.loss, temperature=self.temperature,
                              ce_weight=self.ce_weight, teacher_cache=TeacherCacheConfig(top_k=None), stages=self.stages,
                              max_minutes=self.max_minutes, seed=self.seed, logging_steps=self.logging_steps,
-                             save_steps=self.save_steps, loss_chunk=self.loss_chunk, precision=self.precision,
-                             overwrite=self.overwrite)
+                             save_steps=self.save_steps, loss_chunk=self.loss_chunk, fused_head=self.fused_head,
+                             precision=self.precision, overwrite=self.overwrite)

@@ -30,7 +30,8 @@ from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import LOSSES
-from xtok.utils.io import atomic_dir, check_output_path, fast_bf16, provenance, write_json
+from xtok.utils.hardware import fast_bf16
+from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
 from xtok.vocab.chunks import paired_tokenization
 from xtok.vocab.identity import vocab_fingerprint
 

@@ -20,6 +20,7 @@ import logging
 import torch
 from transformers import Trainer
 
+from xtok.config.training import LOSS_CHUNK
 from xtok.distill.head_loss import capped, chunked_head_loss
 from xtok.losses.alm import TeacherChunks, token_logprobs
 from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
@@ -42,7 +43,7 @@ class DistillTrainer(Trainer):
     (B, T, K), ``_tail`` (B, T), ``_temperature`` (B,)) or the loss needs no teacher (``ce``)."""
 
     def __init__(self, *args, teacher=None, loss: str = "forward_kl", beta: float = 0.5, temperature: float = 1.0,
-                 ce_weight: float = 0.0, loss_chunk: int = 16, on_policy: float = 0.0, prompt_tokens: int = 64,
+                 ce_weight: float = 0.0, loss_chunk: int = LOSS_CHUNK, on_policy: float = 0.0, prompt_tokens: int = 64,
                  sample_temperature: float = 1.0, fused_head: bool = True,
                  trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None,
                  row_gate=None, row_sparse_input: bool = True, **kwargs):
