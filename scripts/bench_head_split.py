@@ -13,7 +13,9 @@ one new token on the teacher's side (chunks end where both tokenizations end a t
 - the teacher: the whole cost, and the same family / share split under its own distribution.
 
 So the family cost against the untouched student's first-token cost says what the input side and the head's family
-handling lose, and the share cost against the teacher's share says what a better in-family term could buy.
+handling lose (``*_quiet``: the same over the chunks whose last 8 teacher tokens before are all shared, where the
+input side read copied rows only), and the share cost against the teacher's share says what a better in-family term
+could buy.
 Writes bench/results/head_split.json (another pair: head_split-STUDENT-TEACHER.json).
 """
 
@@ -38,6 +40,8 @@ from xtok.vocab.chunks import paired_tokenization  # noqa: E402
 from xtok.vocab.shared import build_token_map  # noqa: E402
 
 LOG2 = math.log(2)
+CONTEXT = 8  # "quiet" chunks: none of the teacher tokens of the last CONTEXT positions is new (the input side read
+# only copied rows there), so their family cost is the head's alone, up to what older new tokens did to the state
 
 
 def first_piece_table(t_tok, s_tok) -> torch.Tensor:
@@ -119,6 +123,8 @@ def main() -> None:
         if not picked:
             continue
         pos_a = torch.tensor([p for p, _ in picked])
+        is_new = new[targets_a].tolist()
+        quiet = [not any(is_new[max(0, p - CONTEXT):p]) for p in pos_a.tolist()]  # no new token among the last few read
         t_ids, p1 = targets_a[pos_a], fam_of[targets_a[pos_a]]
         lb = _logprobs(student, b).gather(1, targets_b[:, None])[:, 0] / LOG2
         r = rows.setdefault(dom, {})
@@ -129,17 +135,21 @@ def main() -> None:
             total, fam = family_split(lp, t_ids, fam_of, p1)
             r.setdefault(f"{name}_total", []).extend(total.tolist())
             r.setdefault(f"{name}_family", []).extend(fam.tolist())
+            r.setdefault(f"{name}_family_quiet", []).extend(f for f, q in zip(fam.tolist(), quiet) if q)
+        r.setdefault("untouched_first_quiet", []).extend(float(-lb[ib[0]]) for (_, ib), q in zip(picked, quiet) if q)
     result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
               "student": args.student, "teacher": args.teacher, "transplanted": args.transplanted,
               "data": {"validation_docs": len(texts), "chars": sum(map(len, texts))}, "domains": {}}
     for dom, r in sorted(rows.items()):
         mean = {k: round(sum(v) / len(v), 3) for k, v in r.items()}
-        out = {"chunks": len(r["untouched_total"]),
+        out = {"chunks": len(r["untouched_total"]), "quiet_chunks": len(r["untouched_first_quiet"]),
                "untouched": {"total": mean["untouched_total"], "first_piece": mean["untouched_first"],
-                             "rest": round(mean["untouched_total"] - mean["untouched_first"], 3)}}
+                             "rest": round(mean["untouched_total"] - mean["untouched_first"], 3),
+                             "first_piece_quiet": mean.get("untouched_first_quiet")}}
         for name in models:
             out[name] = {"total": mean[f"{name}_total"], "family": mean[f"{name}_family"],
-                         "share": round(mean[f"{name}_total"] - mean[f"{name}_family"], 3)}
+                         "share": round(mean[f"{name}_total"] - mean[f"{name}_family"], 3),
+                         "family_quiet": mean.get(f"{name}_family_quiet")}
         result["domains"][dom] = out
         print(dom, out)
     write_json(args.out, result)

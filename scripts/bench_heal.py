@@ -5,18 +5,27 @@
     .venv/bin/python scripts/bench_heal.py --steps 36 --variants ce:input ce:input+output:batch \
         --reuse bench/results/heal.json --transplanted DIR --out bench/results/heal_head_rows.json
 
+    .venv/bin/python scripts/bench_heal.py --steps 600 --minutes 30 --curve-points 6 \
+        --variants ce:input+output:batch --precision bf16 --full-logits --reuse bench/results/heal.json \
+        --transplanted DIR --out bench/results/heal_bf16_30min.json
+    .venv/bin/python scripts/bench_heal.py --reuse bench/results/heal_bf16_30min.json --transplanted DIR \
+        --healed HEALED [--score-start] --distill-e2e qwen2.5-coder-0.5b_to_smollm2-135m --precision bf16 \
+        --full-logits --out bench/results/heal_bf16_30min.json
+
 (--row-spaces keeps ``input`` as its default so the recorded commands in bench/results reproduce; the library's
 default, chosen with the second command, is input and head rows with ``head_rows: batch``.)
 
 1. Transplant the student to the teacher's tokenizer with the end-to-end recipe's settings (OMP k=8 over 128
    candidates for the inputs, subword-prior head).
-2. Validation (documents of ../shared/corpus/train that are not in the bundled training text, which the heal
-   trains on): the subword-prior head whose families sum to the first piece's probability against the old one
+2. Validation (documents of ../shared/corpus/train from source files the bundled training text, which the heal
+   trains on, has no part of): the subword-prior head whose families sum to the first piece's probability against the old one
    whose shared first piece kept its full logit ("additive"); the better one is kept.
 3. Heal the kept transplant from the untouched student with each loss, the same steps (tokens) for each, the curve
    (bits per byte against tokens seen) on the validation text.
 4. Eval (bundled:eval, the README's split): every model, bits per byte per domain with a 95% bootstrap interval over
    documents, and the ratio to the untouched student with a paired interval.
+5. ``--distill-e2e``: the healed model (``--healed`` one of an earlier run; the transplant itself for the control)
+   distilled from the teacher with an end-to-end config's distill section, scored on the eval split.
 Writes bench/results/heal.json (another pair: heal-STUDENT-TEACHER.json). One heavy job at a time: the figures are
 taken with nothing else running unless the JSON says otherwise.
 """
@@ -38,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_transplant import DEFAULT_PAIR, PeakRSS, pair_results  # noqa: E402
 
 from xtok.config import HealConfig, StageConfig  # noqa: E402
-from xtok.corpus import load_corpus  # noqa: E402
+from xtok.corpus import bundled_dir, load_corpus  # noqa: E402
 from xtok.distill.heal import CURVE_FILE, run_heal  # noqa: E402
 from xtok.eval.bpb import bootstrap_bpb, evaluate  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
@@ -48,17 +57,24 @@ from xtok.utils.io import command_line, package_versions, write_json  # noqa: E4
 from xtok.vocab.shared import build_token_map  # noqa: E402
 
 SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "train"
+VALIDATION_SPLIT = "documents of ../shared/corpus/train from source files the bundled training text has no part of"
 
 
 def validation_docs(per_domain: int, chars: int) -> tuple[list[str], list[str]]:
-    """Documents of the shared training corpus that the bundled training text (what heal trains on) does not hold."""
+    """Documents of the shared training corpus from source files the bundled training text (what heal trains on) has
+    no part of. The corpus cuts long files into several documents (argparse.py, a chapter of the Debian reference, a
+    novel), so leaving out only the bundled documents themselves (as this did before 2026-12-07) kept other parts of
+    the files heal trains on, and a heal's validation curve read its own training files."""
     if not SHARED_TRAIN.is_dir():
         raise SystemExit(f"the validation split is taken from {SHARED_TRAIN}, which this checkout does not have")
-    bundled = {t[:200] for t in load_corpus("bundled:train")["text"]}
-    ds = load_corpus(str(SHARED_TRAIN))
+    def documents(folder: Path) -> list[dict]:
+        return [json.loads(line) for f in sorted(folder.glob("*.jsonl")) for line in f.read_text().splitlines() if line]
+
+    bundled = {doc["source"] for doc in documents(bundled_dir("train"))}
     texts, domains, seen = [], [], {}
-    for text, domain in zip(ds["text"], ds["domain"]):
-        if text[:200] in bundled or seen.get(domain, 0) >= per_domain or len(text) < chars // 2:
+    for doc in documents(SHARED_TRAIN):
+        text, domain, source = doc["text"], doc["domain"], doc["source"]
+        if source in bundled or not text.strip() or seen.get(domain, 0) >= per_domain or len(text) < chars // 2:
             continue
         seen[domain] = seen.get(domain, 0) + 1
         texts.append(text[:chars])
@@ -85,7 +101,7 @@ def zero_shot_setup(doc: str, name: str, extra=None):
     args = ap.parse_args()
     args.out = args.out or pair_results(name, (args.student, args.teacher))
     result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
-              "student": args.student, "teacher": args.teacher, "load": args.load}
+              "student": args.student, "teacher": args.teacher, "load": args.load, "validation_split": VALIDATION_SPLIT}
     ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
     ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
     val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
@@ -174,13 +190,16 @@ def main() -> None:
                     "and not redone); for --distill-e2e")
     ap.add_argument("--distill-e2e", default=None, help="an end-to-end config (name or path): distill the healed model "
                     "with its distill section (under --precision / --full-logits) and score it on the eval split")
+    ap.add_argument("--score-start", action="store_true", help="score --transplanted (the heal's start) on the eval "
+                    "split, and it and the healed model on the validation split as selected now")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.healed and not args.reuse:
         ap.error("--healed needs --reuse (the JSON of the run that healed it)")
     args.out = args.out or pair_results("heal", (args.student, args.teacher))
     result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(),
-              "student": args.student, "teacher": args.teacher, "load": "nothing else running"}
+              "student": args.student, "teacher": args.teacher, "load": "nothing else running",
+              "validation_split": VALIDATION_SPLIT}
     ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
     ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
     val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
@@ -193,23 +212,46 @@ def main() -> None:
         kept = json.loads(Path(args.reuse).read_text())
         result.update({k: kept[k] for k in ("transplant", "validation", "eval") if k in kept})
         result["earlier_heal_runs"] = kept.get("earlier_heal_runs", [])
+        result["reused_commands"] = kept.get("reused_commands", []) + [kept["command"]]
         if args.healed:
-            result.update({k: kept[k] for k in ("heal", "heal_chosen_on_validation") if k in kept})
-        path = Path(args.transplanted)
+            result.update({k: kept[k] for k in ("heal", "heal_chosen_on_validation", "distill_runs",
+                                                "validation_rescored") if k in kept})
+            result["data"]["validation_of_reused_heal"] = kept["data"].get("validation_of_reused_heal") or {
+                **kept["data"]["validation"], "split": kept.get(
+                    "validation_split", "documents of ../shared/corpus/train not in the bundled training text (leaky)")}
+        path = Path(args.transplanted) if args.transplanted else None
         evals = {"untouched": score(student, s_tok, ev_texts, ev_domains)}
     else:
         path, evals = transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts,
                                                ev_domains)
     healed = Path(args.healed) if args.healed else heal_section(args, result, evals, student, s_tok, path, work,
                                                                  val_texts, val_domains, ev_texts, ev_domains)
+    if args.score_start:
+        score_start(args, result, evals, student, s_tok, path, healed, val_texts, val_domains, ev_texts, ev_domains)
     if args.distill_e2e:
         distill_section(args, result, evals, healed, work, ev_texts, ev_domains)
     print(f"written {args.out}")
 
 
+def score_start(args, result, evals, student, s_tok, path, healed, val_texts, val_domains, ev_texts, ev_domains):
+    """The heal's start (--transplanted) on the eval split, and start and healed model on this run's validation split."""
+    if path is None:
+        raise SystemExit("--score-start needs --transplanted (the heal's start)")
+    start, tok = load_model(str(path))
+    result["eval"][f"transplanted (the heal's start, {path.name})"] = public(score(start, tok, ev_texts, ev_domains,
+                                                                                 evals["untouched"]))
+    untouched = score(student, s_tok, val_texts, val_domains)
+    val = {"untouched": summary(untouched), "start": summary(score(start, tok, val_texts, val_domains, untouched))}
+    healed_model, h_tok = load_model(str(healed))
+    val["healed"] = summary(score(healed_model, h_tok, val_texts, val_domains, untouched))
+    result["validation_rescored"] = {"split": VALIDATION_SPLIT, **val}
+    write_json(args.out, result)
+
+
 def distill_section(args, result, evals, healed: Path, work: Path, ev_texts, ev_domains) -> None:
     """The issue's last step: the healed student distilled from the teacher at the end-to-end recipe's budget (its
-    distill section), scored on the eval split."""
+    distill section), scored on the eval split. ``--healed`` the transplant itself (``--transplanted``) is the control:
+    the same distillation without the heal."""
     from xtok.configfile import load_config
     from xtok.distill.run import run_distill
 
@@ -220,12 +262,14 @@ def distill_section(args, result, evals, healed: Path, work: Path, ev_texts, ev_
         t0 = time.perf_counter()
         out, rep = run_distill(cfg)
         seconds = time.perf_counter() - t0
-    result["distill_from_healed"] = {"healed": str(healed), "e2e_config": args.distill_e2e, "seconds": round(seconds, 1),
-                                     "peak_rss_gb": round(mem.peak / 2**30, 2), "stages": rep["stages"],
-                                     "config": cfg.model_dump(mode="json")}
     model, tok = load_model(str(out))
     steps = "+".join(str(st["steps"]) for st in rep["stages"])
-    name = f"healed + distilled ({cfg.loss}, {steps} steps: the end-to-end budget)"
+    start = Path(args.transplanted).resolve() if args.transplanted else None
+    what = "transplanted" if healed.resolve() == start else "healed"
+    name = f"{what} + distilled ({cfg.loss}, {steps} steps: the end-to-end budget)"
+    result.setdefault("distill_runs", {})[name] = {
+        "from": str(healed), "e2e_config": args.distill_e2e, "seconds": round(seconds, 1),
+        "peak_rss_gb": round(mem.peak / 2**30, 2), "stages": rep["stages"], "config": cfg.model_dump(mode="json")}
     result["eval"][name] = public(score(model, tok, ev_texts, ev_domains, evals["untouched"]))
     write_json(args.out, result)
 
