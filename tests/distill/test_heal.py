@@ -44,13 +44,17 @@ def _cfg(pair, tmp_path, data_file, **kw):
     return config_from_dict(base)
 
 
-@pytest.mark.parametrize("loss,spaces,head_rows", [("alm", ["input", "output"], "all"), ("ce", ["input"], "batch"),
-                                                    ("ce", ["input", "output"], "batch")])
-def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file, loss, spaces, head_rows):
+@pytest.mark.parametrize("loss,spaces,head_rows,fused", [("alm", ["input", "output"], "all", True),
+                                                          ("ce", ["input"], "batch", True),
+                                                          ("ce", ["input", "output"], "batch", True),
+                                                          ("ce", ["input", "output"], "batch", False)])
+def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file, loss, spaces, head_rows, fused):
     stage = {"train": "new_rows", "steps": 3, "learning_rate": 1e-2, "scheduler": "constant", "row_spaces": spaces,
              "head_rows": head_rows}
-    cfg = _cfg(pair, tmp_path, data_file, loss=loss, curve_data={"spec": str(data_file)}, curve_steps=2, stages=[stage])
+    cfg = _cfg(pair, tmp_path, data_file, loss=loss, curve_data={"spec": str(data_file)}, curve_steps=2, stages=[stage],
+               fused_head=fused)
     out, report = run_heal(cfg)
+    assert json.loads((out / "distill_run.json").read_text())["fused_head"] is fused  # the heal's option reaches distill
     before = AutoModelForCausalLM.from_pretrained(pair[0])
     after = AutoModelForCausalLM.from_pretrained(out)
     rows = changed_rows(before, load_tokenizer(str(pair[0])), AutoModelForCausalLM.from_pretrained(pair[1]),
