@@ -33,6 +33,7 @@ from bench_heal import validation_docs  # noqa: E402
 from bench_transplant import DEFAULT_PAIR, pair_results  # noqa: E402
 
 from xtok.models.load import load_model  # noqa: E402
+from xtok.transplant.methods import Space, first_pieces  # noqa: E402
 from xtok.utils.hardware import machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.canonical import canonical_vocab  # noqa: E402
@@ -44,28 +45,15 @@ CONTEXT = 8  # "quiet" chunks: none of the teacher tokens of the last CONTEXT po
 # only copied rows there), so their family cost is the head's alone, up to what older new tokens did to the state
 
 
-def first_piece_table(t_tok, s_tok) -> torch.Tensor:
-    """The first student token of each teacher token's text (a shared token: its own student id); -1 where the bytes
-    are not whole UTF-8 text or the student spells nothing."""
+def first_piece_table(t_tok, s_tok, student) -> torch.Tensor:
+    """The first student piece of every teacher token, as the transplant's subword-prior families have it
+    (``xtok.transplant.methods.first_pieces``); -1 where the student spells nothing."""
     tmap = build_token_map(t_tok, s_tok)
+    anchor_t, anchor_s = tmap.anchors()
     cv = canonical_vocab(t_tok)
-    out = torch.full((cv.size,), -1, dtype=torch.long)
-    texts, where = [], []
-    for tid in range(cv.size):
-        if tmap.student_of[tid] >= 0:
-            out[tid] = tmap.student_of[tid]
-            continue
-        b = cv.bytes_of[tid]
-        if not b:
-            continue
-        try:
-            texts.append(b.decode("utf-8"))
-            where.append(tid)
-        except UnicodeDecodeError:
-            continue
-    for tid, ids in zip(where, s_tok(texts, add_special_tokens=False)["input_ids"]):
-        out[tid] = ids[0] if ids else -1
-    return out
+    space = Space("output", student.get_output_embeddings().weight.detach(), None, anchor_t, anchor_s, cv.bytes_of,
+                  s_tok, student_of=tmap.student_of)
+    return first_pieces(space, torch.arange(cv.size))
 
 
 def _logprobs(model, ids: torch.Tensor) -> torch.Tensor:
@@ -102,7 +90,7 @@ def main() -> None:
     texts, domains = validation_docs(args.val_docs, args.val_chars)
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
-    fam_of = first_piece_table(t_tok, s_tok)
+    fam_of = first_piece_table(t_tok, s_tok, student)
     new = build_token_map(t_tok, s_tok).student_of < 0
     models = {"teacher": teacher, **{d: load_model(d)[0] for d in args.transplanted}}
     start = t_tok.bos_token_id if t_tok.bos_token_id is not None else t_tok.eos_token_id
