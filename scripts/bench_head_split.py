@@ -33,27 +33,15 @@ from bench_heal import validation_docs  # noqa: E402
 from bench_transplant import DEFAULT_PAIR, pair_results  # noqa: E402
 
 from xtok.models.load import load_model  # noqa: E402
-from xtok.transplant.methods import Space, first_pieces  # noqa: E402
+from xtok.transplant.methods import first_piece_table  # noqa: E402
 from xtok.utils.hardware import machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
-from xtok.vocab.canonical import canonical_vocab  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
 from xtok.vocab.shared import build_token_map  # noqa: E402
 
 LOG2 = math.log(2)
 CONTEXT = 8  # "quiet" chunks: none of the teacher tokens of the last CONTEXT positions is new (the input side read
 # only copied rows there), so their family cost is the head's alone, up to what older new tokens did to the state
-
-
-def first_piece_table(t_tok, s_tok, student) -> torch.Tensor:
-    """The first student piece of every teacher token, as the transplant's subword-prior families have it
-    (``xtok.transplant.methods.first_pieces``); -1 where the student spells nothing."""
-    tmap = build_token_map(t_tok, s_tok)
-    anchor_t, anchor_s = tmap.anchors()
-    cv = canonical_vocab(t_tok)
-    space = Space("output", student.get_output_embeddings().weight.detach(), None, anchor_t, anchor_s, cv.bytes_of,
-                  s_tok, student_of=tmap.student_of)
-    return first_pieces(space, torch.arange(cv.size))
 
 
 def _logprobs(model, ids: torch.Tensor) -> torch.Tensor:
@@ -90,7 +78,7 @@ def main() -> None:
     texts, domains = validation_docs(args.val_docs, args.val_chars)
     student, s_tok = load_model(args.student)
     teacher, t_tok = load_model(args.teacher)
-    fam_of = first_piece_table(t_tok, s_tok, student)
+    fam_of = first_piece_table(t_tok, s_tok, student.get_output_embeddings().weight.shape[0])
     new = build_token_map(t_tok, s_tok).student_of < 0
     models = {"teacher": teacher, **{d: load_model(d)[0] for d in args.transplanted}}
     start = t_tok.bos_token_id if t_tok.bos_token_id is not None else t_tok.eos_token_id

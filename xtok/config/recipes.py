@@ -71,6 +71,8 @@ class TransplantConfig(Strict):
     head_fit_teacher_weight: float = Field(0.0, ge=0, le=1, description="head fit: the teacher's share of the targets "
                                            "(its top-k next-token distribution; 0: the text's next tokens only)")
     head_fit_top_k: int = Field(8, ge=1, description="head fit: the teacher's tokens per position in the targets")
+    head_fit_share_map: bool = Field(False, description="head fit: first fit one map from the teacher's head rows to "
+                                     "in-family shares (the teacher's), moving every family member's row, seen or not")
     safety_z: float = Field(15.0, gt=0, description="safety scan: robust z-score against shared tokens past which a "
                             "new OMP row is flagged as a possibly planted code")
     max_coef_norm: float | None = Field(None, ge=1, description="refuse the transplant if a new row's OMP coefficient "
@@ -85,6 +87,10 @@ class TransplantConfig(Strict):
             raise ValueError(f"head_fit_teacher_weight={self.head_fit_teacher_weight} needs a head fit "
                              f"(head_fit_tokens > 0, given {self.head_fit_tokens}) and the teacher model "
                              f"(teacher_tokenizer_only is {self.teacher_tokenizer_only}); set both or leave it at 0")
+        if self.head_fit_share_map and (self.teacher_tokenizer_only or not self.head_fit_tokens):
+            raise ValueError(f"head_fit_share_map needs a head fit (head_fit_tokens > 0, given {self.head_fit_tokens}) "
+                             f"and the teacher model (teacher_tokenizer_only is {self.teacher_tokenizer_only}); set "
+                             "both or leave it off")
         if self.head_context > 0 and (self.teacher_tokenizer_only or (self.head_method or self.method) != "subword-prior"):
             raise ValueError(f"head_context={self.head_context} is a term of the subword-prior head and reads the teacher "
                              f"model's head (head method {self.head_method or self.method!r}, teacher_tokenizer_only "

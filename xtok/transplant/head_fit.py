@@ -175,14 +175,30 @@ def fit_rows(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
 
 
 def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iterations: int = 30,
-             max_len: int = 1024, teacher=None, teacher_weight: float = 0.0, top_k: int = 8) -> dict:
+             max_len: int = 1024, teacher=None, teacher_weight: float = 0.0, top_k: int = 8,
+             family_of: torch.Tensor | None = None) -> dict:
     """Fit ``model``'s head rows in place on ``tokens`` positions of ``texts`` (see the module), with the ``teacher``'s
-    top-k distribution mixed into the targets at ``teacher_weight``; returns a report."""
+    top-k distribution mixed into the targets at ``teacher_weight``; returns a report. With ``family_of`` (each
+    teacher token's first student piece, ``xtok.transplant.methods.first_piece_table``) the teacher's in-family shares
+    are fitted first, as one map for every family member (``xtok.transplant.share_map``), and the rows after it."""
     check_fittable(model)
+    if family_of is not None and teacher is None:
+        raise ValueError("the head fit's share map fits the teacher's in-family distributions; give the teacher model")
     t0 = time.perf_counter()
     windows = token_windows(tok, texts, tokens, max_len)
     hidden, targets = final_states(model, windows, tokens)
     head = model.get_output_embeddings()
+    share = None
+    if family_of is not None:
+        from xtok.transplant.share_map import apply_share_map, family_groups, head_families
+
+        rows = head.weight.shape[0]
+        fam = head_families(family_of, rows)
+        teacher_rows = teacher.get_output_embeddings().weight.detach().float()[:rows]
+        mapped, share = apply_share_map(head.weight, hidden, family_groups(teacher, windows, tokens, fam), teacher_rows,
+                                        fam)
+        with torch.no_grad():
+            head.weight.copy_(mapped.to(head.weight.dtype))
     soft = teacher_targets(teacher, windows, tokens, top_k, head.weight.shape[0]) \
         if teacher_weight > 0 and teacher is not None else None  # fit_rows refuses a weight without targets
     fitted, rows, before, after = fit_rows(hidden, targets, head.weight, l2=l2, iterations=iterations, soft=soft,
@@ -192,4 +208,4 @@ def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iter
     report = HeadFitReport(len(targets), len(rows), l2, iterations, before, after, time.perf_counter() - t0,
                            teacher_weight, top_k if teacher_weight > 0 else 0)
     log.info("head fit: %s", report)
-    return report.to_dict()
+    return report.to_dict() if share is None else {**report.to_dict(), "share_map": share}

@@ -14,6 +14,8 @@ import torch
 from xtok.registry import INIT_METHODS, MethodSpec, raise_no_alignment, raise_no_donor
 from xtok.transplant.omp import batch_omp
 from xtok.transplant.safety import CodeStats, code_stats, reference_stats
+from xtok.vocab.canonical import canonical_vocab
+from xtok.vocab.shared import build_token_map
 
 
 @dataclass
@@ -205,6 +207,16 @@ def first_pieces(space: Space, teacher_ids: torch.Tensor) -> torch.Tensor:
         out[r] = ids[0] if ids else -1
     out[out >= space.student.shape[0]] = -1
     return out
+
+
+def first_piece_table(teacher_tok, student_tok, student_rows: int) -> torch.Tensor:
+    """``first_pieces`` of every teacher token (the subword-prior families), from the two tokenizers alone."""
+    tmap = build_token_map(teacher_tok, student_tok)
+    anchor_t, anchor_s = tmap.anchors()
+    cv = canonical_vocab(teacher_tok)
+    space = Space("output", torch.empty(student_rows, 0), None, anchor_t, anchor_s, cv.bytes_of, student_tok,
+                  student_of=tmap.student_of)
+    return first_pieces(space, torch.arange(cv.size))
 
 
 @INIT_METHODS.register("subword-prior", help="head only: each teacher token whose first student piece is p gets p's row "

@@ -22,6 +22,7 @@ from xtok.models.load import (
 )
 from xtok.registry import check_methods
 from xtok.transplant.apply import is_tied, save_transplant, transplant, write_sidecars
+from xtok.transplant.methods import first_piece_table
 from xtok.utils.io import atomic_dir, check_output_path
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     if runs_models:
         load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
     # the student's folder, and the teacher's where its embeddings are read (catalogue models converted once, here)
-    teacher_runs = cfg.head_fit_teacher_weight > 0  # the head fit's soft targets: the teacher's forward passes
+    teacher_runs = cfg.head_fit_teacher_weight > 0 or cfg.head_fit_share_map  # the head fit runs the teacher
     folders = [resolve_model(cfg.student, cache_dir)] + \
         ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model or teacher_runs else [])
     if not cfg.head_fit_tokens and all(any(Path(f).glob("*.safetensors")) for f in folders):
@@ -86,6 +87,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
+    family_of = first_piece_table(teacher_tok, student_tok, len(head_rows(student))) \
+        if cfg.head_fit_share_map else None
     del student
     if not teacher_runs:
         teacher_model = None
@@ -97,7 +100,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         texts = calibration_texts(cfg.calibration_data, cfg.head_fit_tokens)
         report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
                                       iterations=cfg.head_fit_iterations, teacher=teacher_model,
-                                      teacher_weight=cfg.head_fit_teacher_weight, top_k=cfg.head_fit_top_k)
+                                      teacher_weight=cfg.head_fit_teacher_weight, top_k=cfg.head_fit_top_k,
+                                      family_of=family_of)
         del teacher_model
         report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
     report["dtype"] = stored_dtype(folders[0]) if cfg.out_dtype == "source" else cfg.out_dtype
@@ -142,6 +146,11 @@ def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[st
             report["seconds"] = round(report["seconds"] + calibration.seconds, 2)
         write_sidecars(tmp, teacher_tok, report, cfg)
     return report
+
+
+def head_rows(model):
+    """The model's output head weight, its input embeddings' where it has no head of its own."""
+    return (model.get_output_embeddings() or model.get_input_embeddings()).weight
 
 
 def available_memory() -> int | None:
