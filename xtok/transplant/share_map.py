@@ -99,7 +99,8 @@ def family_groups(teacher, windows: list[torch.Tensor], tokens: int, family_of: 
     fam = Families.of(family_of)
     in_multi = torch.zeros(len(family_of), dtype=torch.bool)
     in_multi[fam.tokens] = True
-    members = {int(f): fam.tokens[fam.index == i] for i, f in enumerate(torch.unique(family_of[fam.tokens]))}
+    values, counts = torch.unique_consecutive(family_of[fam.tokens], return_counts=True)  # tokens are in family order
+    members = dict(zip(values.tolist(), fam.tokens.split(counts.tolist())))
     rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
     seen = 0
     with torch.no_grad():
