@@ -40,7 +40,7 @@ from xtok.transplant.calibrate import calibration_texts  # noqa: E402
 from xtok.transplant.head_fit import final_states, fit_rows, teacher_targets, token_windows  # noqa: E402
 from xtok.transplant.methods import first_piece_table  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
-from xtok.transplant.share_map import apply_share_map, family_groups, head_families  # noqa: E402
+from xtok.transplant.share_map import Families, apply_share_map, family_groups  # noqa: E402
 from xtok.utils.hardware import machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
@@ -145,7 +145,7 @@ def main() -> None:
     if "on" in args.share_map:
         teacher, _ = load_model(args.teacher)
         t0 = time.perf_counter()
-        fam = head_families(first_piece_table(tok, s_tok, student.get_output_embeddings().weight.shape[0]), w0.shape[0])
+        fam = Families.of(first_piece_table(tok, s_tok, student.get_output_embeddings().weight.shape[0]), w0.shape[0])
         groups = family_groups(teacher, windows, max(args.tokens), fam)
         teacher_rows = teacher.get_output_embeddings().weight.detach().float()[: w0.shape[0]]
         del teacher

@@ -113,7 +113,7 @@ def test_mass_correction_is_the_ridge_regression_of_an_exactly_linear_added_mass
 def test_apply_share_map_moves_every_family_member_and_only_them():
     hidden, weight, teacher_rows, family_of, groups = _problem()
     before = weight.clone()
-    new, report = apply_share_map(weight, hidden, groups, teacher_rows, family_of, iterations=20)
+    new, report = apply_share_map(weight, hidden, groups, teacher_rows, Families.of(family_of), iterations=20)
     assert torch.equal(weight, before)  # not modified
     moved = torch.nonzero((new - weight).abs().sum(1) > 0).flatten().tolist()
     assert moved == sorted(Families.of(family_of).tokens.tolist())

@@ -33,10 +33,15 @@ def _matrix(module, what: str, model) -> torch.Tensor:
     return w
 
 
+def head_module(model):
+    """The model's output head, its input embeddings where it has no head of its own."""
+    head = model.get_output_embeddings()
+    return head if head is not None else model.get_input_embeddings()
+
+
 def head_matrix(model) -> torch.Tensor:
     """The model's output head as float32, its input embeddings where it has no head of its own."""
-    head = model.get_output_embeddings()
-    return _matrix(head if head is not None else model.get_input_embeddings(), "output", model)
+    return _matrix(head_module(model), "output", model)
 
 
 def is_tied(model) -> bool:

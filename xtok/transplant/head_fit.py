@@ -190,10 +190,10 @@ def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iter
     head = model.get_output_embeddings()
     share = None
     if family_of is not None:
-        from xtok.transplant.share_map import apply_share_map, family_groups, head_families
+        from xtok.transplant.share_map import Families, apply_share_map, family_groups
 
         rows = head.weight.shape[0]
-        fam = head_families(family_of, rows)
+        fam = Families.of(family_of, rows)
         teacher_rows = teacher.get_output_embeddings().weight.detach().float()[:rows]
         mapped, share = apply_share_map(head.weight, hidden, family_groups(teacher, windows, tokens, fam), teacher_rows,
                                         fam)

@@ -21,7 +21,7 @@ from xtok.models.load import (
     stored_dtype,
 )
 from xtok.registry import check_methods
-from xtok.transplant.apply import is_tied, save_transplant, transplant, write_sidecars
+from xtok.transplant.apply import head_module, is_tied, save_transplant, transplant, write_sidecars
 from xtok.transplant.methods import first_piece_table
 from xtok.utils.io import atomic_dir, check_output_path
 
@@ -87,7 +87,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
-    family_of = first_piece_table(teacher_tok, student_tok, len(head_rows(student))) \
+    family_of = first_piece_table(teacher_tok, student_tok, head_module(student).weight.shape[0]) \
         if cfg.head_fit_share_map else None
     del student
     if not teacher_runs:
@@ -146,11 +146,6 @@ def _run_streaming(cfg: TransplantConfig, out: Path, alignment, folders: list[st
             report["seconds"] = round(report["seconds"] + calibration.seconds, 2)
         write_sidecars(tmp, teacher_tok, report, cfg)
     return report
-
-
-def head_rows(model):
-    """The model's output head weight, its input embeddings' where it has no head of its own."""
-    return (model.get_output_embeddings() or model.get_input_embeddings()).weight
 
 
 def available_memory() -> int | None:

@@ -53,20 +53,29 @@ class ShareMapReport:
 class Families:
     """The teacher tokens in families of two or more, ordered by family: ``tokens[i]`` is in family ``index[i]``."""
 
+    family_of: torch.Tensor  # (V,) each head row's first student piece, -1 for none
     tokens: torch.Tensor  # (T,) teacher ids
     index: torch.Tensor  # (T,) 0..F-1
     count: int  # F
 
     @classmethod
-    def of(cls, family_of: torch.Tensor) -> Families:
-        """From each teacher token's first student piece (-1: none; ``xtok.transplant.methods.first_piece_table``)."""
+    def of(cls, family_of: torch.Tensor, rows: int | None = None) -> Families:
+        """From each teacher token's first student piece (-1: none; ``xtok.transplant.methods.first_piece_table``),
+        cut or padded with -1 to a head of ``rows`` rows where given (a teacher's padding rows)."""
+        if rows is not None:
+            family_of = torch.cat([family_of[:rows], torch.full((max(0, rows - len(family_of)),), -1, dtype=torch.long)])
         ok = family_of >= 0
         sizes = torch.zeros(int(family_of.max()) + 1 if bool(ok.any()) else 1, dtype=torch.long)
         sizes.index_add_(0, family_of[ok], torch.ones(int(ok.sum()), dtype=torch.long))
         keep = torch.nonzero(ok & (sizes[family_of.clamp_min(0)] > 1)).flatten()
         keep = keep[torch.argsort(family_of[keep], stable=True)]
         _, index = torch.unique(family_of[keep], return_inverse=True)
-        return cls(keep, index, int(index.max()) + 1 if len(keep) else 0)
+        return cls(family_of, keep, index, int(index.max()) + 1 if len(keep) else 0)
+
+    def members(self) -> dict[int, torch.Tensor]:
+        """Each family's member ids, by its first piece."""
+        values, counts = torch.unique_consecutive(self.family_of[self.tokens], return_counts=True)  # in family order
+        return dict(zip(values.tolist(), self.tokens.split(counts.tolist())))
 
     def log_mass(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, F) logsumexp of each family's members' ``logits`` (N, T), ``logits`` in ``tokens`` order."""
@@ -74,13 +83,6 @@ class Families:
         at = self.index[None].expand(n, -1)
         top = torch.full((n, self.count), -torch.inf).scatter_reduce(1, at, logits, "amax")
         return top + torch.zeros(n, self.count).index_add_(1, self.index, (logits - top.gather(1, at)).exp()).log()
-
-
-def head_families(family_of: torch.Tensor, rows: int) -> torch.Tensor:
-    """``family_of`` (one entry per teacher token) cut or padded with -1 to a head of ``rows`` rows (padding rows)."""
-    out = torch.full((rows,), -1, dtype=torch.long)
-    out[: min(rows, len(family_of))] = family_of[:rows]
-    return out
 
 
 @dataclass
@@ -93,14 +95,13 @@ class Group:
     teacher: torch.Tensor  # (n, m) probabilities, rows summing to 1
 
 
-def family_groups(teacher, windows: list[torch.Tensor], tokens: int, family_of: torch.Tensor) -> list[Group]:
+def family_groups(teacher, windows: list[torch.Tensor], tokens: int, fam: Families) -> list[Group]:
     """The teacher's within-family distributions at the positions ``head_fit.final_states`` gives for ``windows``
-    (each position whose next token's family has two or more members below ``len(family_of)``)."""
-    fam = Families.of(family_of)
+    (each position whose next token is in one of ``fam``'s families)."""
+    family_of = fam.family_of
     in_multi = torch.zeros(len(family_of), dtype=torch.bool)
     in_multi[fam.tokens] = True
-    values, counts = torch.unique_consecutive(family_of[fam.tokens], return_counts=True)  # tokens are in family order
-    members = dict(zip(values.tolist(), fam.tokens.split(counts.tolist())))
+    members = fam.members()
     rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
     seen = 0
     with torch.no_grad():
@@ -173,13 +174,12 @@ def mass_correction(hidden: torch.Tensor, fam: Families, weight: torch.Tensor, a
 
 
 def apply_share_map(weight: torch.Tensor, hidden: torch.Tensor, groups: list[Group], teacher_rows: torch.Tensor,
-                    family_of: torch.Tensor, *, ridge: float = RIDGE, iterations: int = 40) -> tuple[torch.Tensor, dict]:
+                    fam: Families, *, ridge: float = RIDGE, iterations: int = 40) -> tuple[torch.Tensor, dict]:
     """(new head (V, d_s), report): ``weight``'s rows of every multi-member family moved by ``M u_t − γ_f``; ``weight``
     is not modified."""
     t0 = time.perf_counter()
     w = weight.detach().float()
     m, before, after = fit_share_map(hidden, groups, w, teacher_rows, ridge=ridge, iterations=iterations)
-    fam = Families.of(family_of)
     added = teacher_rows[fam.tokens] @ m.T  # (T, d_s): h · (M u_t) = (h M) · u_t
     sample = hidden[torch.randperm(len(hidden), generator=torch.Generator().manual_seed(0))[:MASS_SAMPLE]]
     gamma, mass = mass_correction(sample, fam, w, added)
