@@ -8,10 +8,11 @@
    `head_fit_tokens` reads (a smaller setting uses their prefix, which is what it would read).
 3. Validation (documents of ../shared/corpus/train not in bundled:train, as in bench_heal.py): every (tokens, l2) of the
    grid; the setting with the lowest overall bits per byte is kept.
-   ``--share-map off on`` fits the rows from the transplant's head and from the head after the share map
-   (xtok/transplant/share_map.py: the teacher's in-family shares as one map), the map's own head scored too.
+   ``--share-map off seen all`` fits the rows from the transplant's head and from the head after the share map
+   (xtok/transplant/share_map.py: the teacher's in-family shares as one map), moving the families the fit text
+   reaches (seen) or every multi-member family (all); each map's own head scored too.
 4. Eval (bundled:eval, the README's split): untouched student, zero-shot transplant, head-fitted transplant (the best
-   of each start with ``--share-map off on``), bits per
+   of each start), bits per
    byte per domain with 95% bootstrap intervals and the paired ratio to the untouched student; and where the bits go:
    the cost of the byte chunks that hold a new token and of those that do not, against the untouched student's cost
    of the same bytes (chunks end where both tokenizations end a token).
@@ -40,7 +41,7 @@ from xtok.transplant.calibrate import calibration_texts  # noqa: E402
 from xtok.transplant.head_fit import final_states, fit_rows, teacher_targets, token_windows  # noqa: E402
 from xtok.transplant.methods import first_piece_table  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
-from xtok.transplant.share_map import Families, apply_share_map, family_groups  # noqa: E402
+from xtok.transplant.share_map import SCOPES, Families, apply_share_map, family_groups  # noqa: E402
 from xtok.utils.hardware import machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
@@ -92,6 +93,10 @@ def where_bits_go(model, tok, student, s_tok, texts, domains, max_tokens: int = 
     return out
 
 
+def start_name(scope: str) -> str:
+    return f"share map ({scope})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--student", default=DEFAULT_PAIR[0])
@@ -103,8 +108,9 @@ def main() -> None:
     ap.add_argument("--teacher-weight", type=float, nargs="+", default=[0.0],
                     help="the teacher's share of the fit's targets (0: hard next tokens only)")
     ap.add_argument("--top-k", type=int, default=8, help="the teacher's tokens per position in the targets")
-    ap.add_argument("--share-map", choices=["off", "on"], nargs="+", default=["off"],
-                    help="fit the rows from the transplant's head (off) and/or after the share map (on)")
+    ap.add_argument("--share-map", choices=["off", *SCOPES], nargs="+", default=["off"],
+                    help="fit the rows from the transplant's head (off) and/or after the share map, moving the families "
+                    "the fit text reaches (seen) or every multi-member family (all)")
     ap.add_argument("--eval-docs", type=int, default=8)
     ap.add_argument("--eval-chars", type=int, default=6000)
     ap.add_argument("--val-docs", type=int, default=4)
@@ -131,31 +137,34 @@ def main() -> None:
                           "tokens_per_second": round(len(targets) / (time.perf_counter() - t0), 1)}
     print(result["features"], flush=True)
     soft = None
+    scopes = [sm for sm in args.share_map if sm != "off"]
+    teacher = load_model(args.teacher)[0] if scopes or any(a > 0 for a in args.teacher_weight) else None  # loaded once
     if any(a > 0 for a in args.teacher_weight):
-        teacher, _ = load_model(args.teacher)
         t0 = time.perf_counter()
         soft = teacher_targets(teacher, windows, max(args.tokens), args.top_k, w0.shape[0])
         result["teacher_targets"] = {"top_k": args.top_k, "seconds": round(time.perf_counter() - t0, 1)}
-        del teacher
         print(result["teacher_targets"], flush=True)
-
-    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
-    val = {"transplanted (zero-shot)": public(score(model, tok, val_texts, val_domains))}
-    starts = {"off": w0}
-    if "on" in args.share_map:
-        teacher, _ = load_model(args.teacher)
+    if scopes:
         t0 = time.perf_counter()
         fam = Families.of(first_piece_table(tok, s_tok, student.get_output_embeddings().weight.shape[0]), w0.shape[0])
         groups = family_groups(teacher, windows, max(args.tokens), fam)
         teacher_rows = teacher.get_output_embeddings().weight.detach().float()[: w0.shape[0]]
-        del teacher
-        starts["on"], report = apply_share_map(w0, hidden, groups, teacher_rows, fam)
-        result["share_map"] = {**report, "seconds_with_teacher_passes": round(time.perf_counter() - t0, 1)}
-        with torch.no_grad():
-            head.weight.copy_(starts["on"])
-        val["share map"] = public(score(model, tok, val_texts, val_domains))
-        print("share map", result["share_map"], {d: round(s["bits_per_byte"], 4) for d, s in val["share map"]["domains"].items()},
-              flush=True)
+        share_seconds = round(time.perf_counter() - t0, 1)
+    del teacher
+
+    val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
+    val = {"transplanted (zero-shot)": public(score(model, tok, val_texts, val_domains))}
+    starts = {"off": w0}
+    if scopes:
+        result["share_map"] = {"seconds_teacher_passes": share_seconds}
+        for scope in scopes:
+            starts[scope], report = apply_share_map(w0, hidden, groups, teacher_rows, fam, scope=scope)
+            result["share_map"][scope] = report
+            with torch.no_grad():
+                head.weight.copy_(starts[scope])
+            val[start_name(scope)] = public(score(model, tok, val_texts, val_domains))
+            print(start_name(scope), report, {d: round(s["bits_per_byte"], 4)
+                                              for d, s in val[start_name(scope)]["domains"].items()}, flush=True)
     fits = {}
     grid = [(n, l2, a, sm) for n in sorted(args.tokens) for l2 in args.l2 for a in args.teacher_weight for sm in args.share_map]
     for n, l2, alpha, sm in grid:
@@ -168,9 +177,9 @@ def main() -> None:
         with torch.no_grad():
             head.weight.copy_(starts[sm])
             head.weight[ids] = rows
-        name = ("share map + " if sm == "on" else "") + f"head fit ({n} positions, l2 {l2}" + \
+        name = ("" if sm == "off" else f"{start_name(sm)} + ") + f"head fit ({n} positions, l2 {l2}" + \
             (f", teacher {alpha} top-{args.top_k})" if alpha else ")")
-        fits[name] = (starts[sm], rows, ids)
+        fits[name] = (starts[sm], rows, ids, sm)
         val[name] = {**public(score(model, tok, val_texts, val_domains)), "fit_seconds": round(seconds, 1),
                      "fit_peak_rss_gb": round(mem.peak / 2**30, 2), "rows_fitted": len(ids),
                      "ce_before": round(before, 4), "ce_after": round(after, 4), "positions": n, "l2": l2,
@@ -186,8 +195,8 @@ def main() -> None:
     best = min(fits, key=lambda k: overall(val[k]))
     result["chosen_on_validation"] = best
     # the best fit of each start, so the eval split shows what the share map adds
-    shown = [min((k for k in fits if k.startswith("share map") == on), key=lambda k: overall(val[k]))
-             for on in sorted({k.startswith("share map") for k in fits})]
+    shown = [min((k for k in fits if fits[k][3] == sm), key=lambda k: overall(val[k]))
+             for sm in dict.fromkeys(f[3] for f in fits.values())]
     ev = load_corpus("bundled:eval", max_docs_per_domain=args.eval_docs, max_chars_per_doc=args.eval_chars)
     ev_texts, ev_domains = list(ev["text"]), list(ev["domain"])
     result["data"] = {"eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))},
@@ -200,7 +209,7 @@ def main() -> None:
     evals["transplanted (zero-shot)"] = score(model, tok, ev_texts, ev_domains, evals["untouched"])
     bits["transplanted (zero-shot)"] = where_bits_go(model, tok, student, s_tok, ev_texts, ev_domains)
     for name in shown:
-        start, rows, ids = fits[name]
+        start, rows, ids, _ = fits[name]
         with torch.no_grad():
             head.weight.copy_(start)
             head.weight[ids] = rows

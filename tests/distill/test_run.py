@@ -270,12 +270,12 @@ def test_bf16_precision_trains_under_autocast_with_float32_weights(tiny_model_di
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_precision_auto_takes_bf16_only_where_it_is_fast(monkeypatch, caplog, fast):
-    import xtok.distill.run as run
+    import xtok.utils.hardware as hw
 
-    monkeypatch.setattr(run, "fast_bf16", lambda: fast)
-    assert run.use_bf16("auto") is fast and run.use_bf16("float32") is False
+    monkeypatch.setattr(hw, "fast_bf16", lambda: fast)
+    assert hw.use_bf16("auto") is fast and hw.use_bf16("float32") is False
     with caplog.at_level("WARNING"):
-        assert run.use_bf16("bf16") is True
+        assert hw.use_bf16("bf16") is True
     assert ("far slower than float32" in caplog.text) is not fast
 
 

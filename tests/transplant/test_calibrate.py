@@ -324,3 +324,22 @@ def test_transplant_with_head_context_changes_only_the_head_rows_of_families(rea
                          head_context=0.5)
     with pytest.raises(ValueError, match="context map needs the teacher model"):
         calibrate(student, smol, ["some text"], 64, counts=torch.ones(3), context=True)
+
+
+def test_calibration_in_bf16_stays_within_bf16_rounding_of_float32(real_tokenizer, monkeypatch):
+    """bf16 autocast changes only the products' rounding (8-bit mantissa: 2^-8 relative per product at worst): on a
+    tiny pair whose logits are O(1) each logit moves by about 2^-8 at most, so the prior by less in total variation."""
+    import xtok.utils.hardware as hw
+    from xtok.transplant.apply import calibrate_models
+
+    smol, qwen = real_tokenizer("smollm2-135m"), real_tokenizer("qwen2.5-coder-0.5b")
+    student, teacher = build_tiny("llama", smol), build_tiny("qwen2", qwen, seed=1)
+    kw = dict(teacher_model=teacher, calibration_tokens=256, head_context=0.5)
+    f32 = calibrate_models(student, smol, qwen, **kw)
+    bf16 = calibrate_models(student, smol, qwen, precision="bf16", **kw)
+    assert f32.report()["precision"] == "float32" and bf16.report()["precision"] == "bf16"
+    tv = 0.5 * float((f32.teacher_prior - bf16.teacher_prior).abs().sum())
+    assert 0 < tv < 2**-8  # it ran in bf16, and only rounding moved (8e-5 here)
+    assert bf16.context.positions == f32.context.positions
+    monkeypatch.setattr(hw, "fast_bf16", lambda: False)
+    assert calibrate_models(student, smol, qwen, precision="auto", **kw).report()["precision"] == "float32"

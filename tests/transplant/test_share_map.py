@@ -110,16 +110,23 @@ def test_mass_correction_is_the_ridge_regression_of_an_exactly_linear_added_mass
     assert mean_mass == pytest.approx(float((h @ per_family.double().T).mean()), abs=1e-4)
 
 
-def test_apply_share_map_moves_every_family_member_and_only_them():
+@pytest.mark.parametrize("scope", ["seen", "all"])
+def test_apply_share_map_moves_every_member_of_the_families_its_scope_names_and_only_them(scope):
     hidden, weight, teacher_rows, family_of, groups = _problem()
+    fam = Families.of(family_of)
+    unseen = groups.pop(1).members  # the fit text never reaches this family
     before = weight.clone()
-    new, report = apply_share_map(weight, hidden, groups, teacher_rows, Families.of(family_of), iterations=20)
+    new, report = apply_share_map(weight, hidden, groups, teacher_rows, fam, scope=scope, iterations=20)
     assert torch.equal(weight, before)  # not modified
     moved = torch.nonzero((new - weight).abs().sum(1) > 0).flatten().tolist()
-    assert moved == sorted(Families.of(family_of).tokens.tolist())
+    expect = set(fam.tokens.tolist()) - (set(unseen.tolist()) if scope == "seen" else set())
+    assert moved == sorted(expect) and len(expect) > len(unseen) > 1
     assert report["rows_changed"] == len(moved) and report["share_ce_after"] < report["share_ce_before"]
+    assert report["families_changed"] == fam.count - (scope == "seen") and report["scope"] == scope
     with pytest.raises(ValueError, match="ridge"):
         fit_share_map(hidden, groups, weight, teacher_rows, ridge=0)
+    with pytest.raises(ValueError, match="'some' is not one of seen, all"):
+        apply_share_map(weight, hidden, groups, teacher_rows, fam, scope="some")
 
 
 def test_transplant_cli_with_a_share_map(tiny_model_dir, tmp_path):
@@ -127,12 +134,12 @@ def test_transplant_cli_with_a_share_map(tiny_model_dir, tmp_path):
     teacher = tiny_model_dir("qwen2.5-coder-0.5b")
     out = tmp_path / "out"
     res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(out), "--k", "4",
-               "--head-fit-tokens", "300", "--head-fit-share-map")
+               "--head-fit-tokens", "300", "--head-fit-share-map", "all")
     assert res.returncode == 0, res.stderr
     share = json.loads((out / REPORT_FILE).read_text())["head_fit"]["share_map"]
-    assert share["positions"] > 0 and share["rows_changed"] > share["families_seen"]
+    assert share["positions"] > 0 and share["rows_changed"] > share["families_seen"] and share["scope"] == "all"
     assert share["share_ce_after"] < share["share_ce_before"]
     res = xtok("transplant", "--student", str(student), "--teacher", str(teacher), "--out", str(tmp_path / "nofit"),
-               "--k", "4", "--head-fit-share-map")
+               "--k", "4", "--head-fit-share-map", "seen")
     assert res.returncode == 2 and "needs a head fit" in " ".join(res.stderr.split())
     assert not (tmp_path / "nofit").exists()

@@ -76,8 +76,12 @@ def transplant_cmd(
                                                            "over N calibration positions [default: 0, off]")] = None,
     head_fit_teacher_weight: Annotated[Optional[float], typer.Option(help="the teacher's share of the head fit's "
                                                                    "targets (its top-k distribution) [default: 0]")] = None,
-    head_fit_share_map: Annotated[Optional[bool], typer.Option("--head-fit-share-map", help="the head fit first fits "
-                                                               "the teacher's in-family shares as one map")] = None,
+    head_fit_share_map: Annotated[Optional[str], typer.Option(help="the head fit first fits the teacher's in-family "
+                                                              "shares as one map, moving the families the fit text "
+                                                              "reaches (seen) or all [default: off]")] = None,
+    calibration_precision: Annotated[Optional[str], typer.Option(help="the calibration's forward passes: float32, bf16, "
+                                                                 "auto (bf16 where it is fast: CUDA, AMX) [default: "
+                                                                 "float32]")] = None,
     head_context: Annotated[Optional[float], typer.Option(help="subword-prior: weight of the context term (the "
                                                           "teacher's in-family preference, mapped) [default: 0, off]")] = None,
     row_norms: Annotated[Optional[str], typer.Option(help="new rows' norms: keep, cap (at the student's own), clamp "
@@ -95,7 +99,7 @@ def transplant_cmd(
              "out_dtype": out_dtype,
              "teacher_tokenizer_only": teacher_tokenizer_only, "alignment": alignment, "head_fit_tokens": head_fit_tokens,
              "head_fit_teacher_weight": head_fit_teacher_weight, "head_fit_share_map": head_fit_share_map,
-             "head_context": head_context,
+             "head_context": head_context, "calibration_precision": calibration_precision,
              "row_norms": row_norms, "max_coef_norm": max_coef_norm, "overwrite": overwrite}
     try:
         cfg = _config_from_options("transplant", config, given, ("student", "teacher"))

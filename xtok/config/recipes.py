@@ -15,9 +15,10 @@ from xtok.config.common import (
     EnsembleMode,
     EvalSettings,
     InitMethod,
+    Precision,
     Strict,
 )
-from xtok.config.training import DistillConfig, HealConfig
+from xtok.config.training import PRECISION_HELP, DistillConfig, HealConfig
 from xtok.registry import check_methods
 
 
@@ -57,6 +58,7 @@ class TransplantConfig(Strict):
     calibration_data: str = Field("bundled:train", description="text run through both models by methods that "
                                   "calibrate (subword-prior)")
     calibration_tokens: int = Field(2048, ge=1, description="positions of calibration text per model")
+    calibration_precision: Precision = Field("float32", description="the calibration's forward passes: " + PRECISION_HELP)
     head_context: float = Field(0.0, ge=0, description="subword-prior: weight of the context term, the teacher's "
                                 "in-family preference at each position read through a linear map of the student's "
                                 "hidden state (0: off; 1: its first-order value)")
@@ -71,8 +73,9 @@ class TransplantConfig(Strict):
     head_fit_teacher_weight: float = Field(0.0, ge=0, le=1, description="head fit: the teacher's share of the targets "
                                            "(its top-k next-token distribution; 0: the text's next tokens only)")
     head_fit_top_k: int = Field(8, ge=1, description="head fit: the teacher's tokens per position in the targets")
-    head_fit_share_map: bool = Field(False, description="head fit: first fit one map from the teacher's head rows to "
-                                     "in-family shares (the teacher's), moving every family member's row, seen or not")
+    head_fit_share_map: Literal["off", "seen", "all"] = Field(
+        "off", description="head fit: first fit one map from the teacher's head rows to in-family shares (the "
+        "teacher's), moving every member's row of the families the fit text reaches (seen) or of every family (all)")
     safety_z: float = Field(15.0, gt=0, description="safety scan: robust z-score against shared tokens past which a "
                             "new OMP row is flagged as a possibly planted code")
     max_coef_norm: float | None = Field(None, ge=1, description="refuse the transplant if a new row's OMP coefficient "
@@ -87,7 +90,7 @@ class TransplantConfig(Strict):
             raise ValueError(f"head_fit_teacher_weight={self.head_fit_teacher_weight} needs a head fit "
                              f"(head_fit_tokens > 0, given {self.head_fit_tokens}) and the teacher model "
                              f"(teacher_tokenizer_only is {self.teacher_tokenizer_only}); set both or leave it at 0")
-        if self.head_fit_share_map and (self.teacher_tokenizer_only or not self.head_fit_tokens):
+        if self.head_fit_share_map != "off" and (self.teacher_tokenizer_only or not self.head_fit_tokens):
             raise ValueError(f"head_fit_share_map needs a head fit (head_fit_tokens > 0, given {self.head_fit_tokens}) "
                              f"and the teacher model (teacher_tokenizer_only is {self.teacher_tokenizer_only}); set "
                              "both or leave it off")

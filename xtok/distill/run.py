@@ -30,7 +30,7 @@ from xtok.distill.teacher_cache import build_cache
 from xtok.distill.trainer import DistillTrainer, check_same_vocab
 from xtok.models.load import load_model, load_tokenizer, resolve_model
 from xtok.registry import LOSSES
-from xtok.utils.hardware import fast_bf16
+from xtok.utils.hardware import use_bf16
 from xtok.utils.io import atomic_dir, check_output_path, provenance, write_json
 from xtok.vocab.chunks import paired_tokenization
 from xtok.vocab.identity import vocab_fingerprint
@@ -95,16 +95,6 @@ def check_tokenizers(student_tok, teacher_tok, student_spec: str, teacher_spec: 
         raise ValueError(f"student {student_spec} and teacher {teacher_spec} have different tokenizers "
                          f"({len(student_tok)} vs {len(teacher_tok)} tokens): token-level distillation needs one "
                          f"vocabulary; transplant first: xtok transplant --student {student_spec} --teacher {teacher_spec}")
-
-
-def use_bf16(precision: str) -> bool:
-    """Whether a run of ``precision`` (float32, bf16, auto) trains under bf16 autocast; bf16 asked for where its
-    products are slow gets a warning."""
-    fast = fast_bf16()
-    if precision == "bf16" and not fast:
-        log.warning("precision bf16 on a machine without fast bf16 products (no CUDA bf16, no AMX): they run far "
-                    "slower than float32 here (~300x on an AVX2 CPU); use precision float32 or auto")
-    return precision == "bf16" or (precision == "auto" and fast)
 
 
 def _training_args(cfg: DistillConfig, stage, folder: Path, progress: bool) -> TrainingArguments:

@@ -205,6 +205,7 @@ def transplant(
     calibration_data: str = "bundled:train",
     calibration_tokens: int = 2048,
     head_context: float = 0.0,
+    calibration_precision: str = "float32",
     row_norms: str = "keep",
     safety_z: float = 15.0,
     max_coef_norm: float | None = None,
@@ -225,7 +226,8 @@ def transplant(
     ``student_model`` is not modified. ``alignment`` (from ``xtok.align``) feeds the methods that need
     one (``tokalign``, ``tokalign+omp``). Methods that need a calibration (``subword-prior``) get one from
     ``calibration_tokens`` positions of ``calibration_data`` run through both models; ``head_context`` > 0 adds
-    subword-prior's context term (the calibration then also fits the context map). ``row_norms`` (keep, cap, clamp;
+    subword-prior's context term (the calibration then also fits the context map); ``calibration_precision`` (float32,
+    bf16, auto: bf16 where it is fast) sets its forward passes' products. ``row_norms`` (keep, cap, clamp;
     ``xtok.transplant.norms``) holds the new rows' norms to the student's own range (the config's default is cap; here
     the rows are kept as made unless asked). Rows made from OMP codes are
     scanned for planted codes (``xtok.transplant.safety``): outliers past ``safety_z`` are listed in the report and
@@ -246,7 +248,8 @@ def transplant(
     if needs.calibration:
         calibration = calibrate_models(student_model, student_tok, teacher_tok, teacher_model=teacher_model,
                                        alignment=alignment, calibration_data=calibration_data,
-                                       calibration_tokens=calibration_tokens, head_context=head_context)
+                                       calibration_tokens=calibration_tokens, head_context=head_context,
+                                       precision=calibration_precision)
     tied = is_tied(student_model)
     untie = tied and plan.head_method != plan.method
     new_in, rep_in = space_rows(plan, "input", s_in, d_in, calibration)
@@ -272,16 +275,20 @@ def transplant(
 
 
 def calibrate_models(student_model, student_tok, teacher_tok, *, teacher_model=None, alignment: Any = None,
-                     calibration_data: str = "bundled:train", calibration_tokens: int = 2048, head_context: float = 0.0):
+                     calibration_data: str = "bundled:train", calibration_tokens: int = 2048, head_context: float = 0.0,
+                     precision: str = "float32"):
     """The calibration a head method that needs one (``subword-prior``) reads: ``calibration_tokens`` positions of
     ``calibration_data`` run through the student and the teacher model (the prior; with ``head_context`` > 0 also the
     context map), or, with a tokenizer-only teacher, the alignment's corpus counts as the prior. Both transplant paths
-    call it: the in-memory one on its models, the streaming one before it lets the models go."""
+    call it: the in-memory one on its models, the streaming one before it lets the models go. ``precision`` (float32,
+    bf16, auto) sets the forward passes' products (``xtok.utils.hardware.use_bf16``)."""
     from xtok.transplant.calibrate import calibrate, calibration_texts
+    from xtok.utils.hardware import use_bf16
 
     return calibrate(student_model, student_tok, calibration_texts(calibration_data, calibration_tokens),
                      calibration_tokens, teacher_model=teacher_model, teacher_tok=teacher_tok,
-                     counts=None if alignment is None else alignment.target.counts, context=head_context > 0)
+                     counts=None if alignment is None else alignment.target.counts, context=head_context > 0,
+                     bf16=use_bf16(precision))
 
 
 def special_ids(teacher_tok) -> dict[str, int | None]:

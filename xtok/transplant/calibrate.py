@@ -19,6 +19,7 @@ and, where a head method asks for it (``context=True``), a third:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -47,9 +48,11 @@ class Calibration:
     tokens: dict[str, int]  # calibration positions per side
     seconds: float
     context: ContextMap | None = None  # fitted when a head method asks for it (subword-prior with head_context > 0)
+    bf16: bool = False  # the models' forward passes ran under bf16 autocast
 
     def report(self) -> dict:
-        out = {"direction_spread": round(self.direction_spread, 4), "tokens": self.tokens, "seconds": round(self.seconds, 1)}
+        out = {"direction_spread": round(self.direction_spread, 4), "tokens": self.tokens, "seconds": round(self.seconds, 1),
+               "precision": "bf16" if self.bf16 else "float32"}
         return out if self.context is None else {**out, "context_map": self.context.report()}
 
 
@@ -67,10 +70,18 @@ def calibration_texts(spec: str, tokens: int) -> list[str]:
     return out
 
 
+def _autocast(model, bf16: bool):
+    """bf16 autocast on ``model``'s device (its products in bf16), or nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    weight = next(iter(model.parameters()), None)
+    return torch.autocast("cpu" if weight is None else weight.device.type, dtype=torch.bfloat16)
+
+
 def _final_states(model, tok, texts: list[str], tokens: int, max_len: int, logits: bool, ends: bool = False):
     """Yield (text index, final hidden states (T, d), logits (T, V) or None, token ends or None) per text until
-    ``tokens`` positions are seen. Token ends (``ends=True``) map each character offset where a token ends to the
-    last position ending there (a character split over byte tokens ends once, at its last piece)."""
+    ``tokens`` positions are seen, in float32. Token ends (``ends=True``) map each character offset where a token ends
+    to the last position ending there (a character split over byte tokens ends once, at its last piece)."""
     seen = 0
     with torch.no_grad():
         for i, text in enumerate(texts):
@@ -135,16 +146,19 @@ def fit_context_map(h: torch.Tensor, t: torch.Tensor, holdout: float = 0.2) -> C
 
 
 def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, max_len: int = 512, *,
-              teacher_model=None, teacher_tok=None, counts: torch.Tensor | None = None, context: bool = False) -> Calibration:
+              teacher_model=None, teacher_tok=None, counts: torch.Tensor | None = None, context: bool = False,
+              bf16: bool = False) -> Calibration:
     """The student's constant direction, and the prior: the teacher's mean next-token distribution over ``texts``
     when a teacher model is given, else token frequencies ``counts`` (e.g. an alignment's corpus counts of the
     teacher's tokens), add-half smoothed. ``context`` (needs the teacher model) also fits the context map on the
-    positions where both tokenizations of a text end a token."""
+    positions where both tokenizations of a text end a token. ``bf16``: the forward passes run under bf16 autocast
+    (every statistic is still fitted in float32/float64)."""
     if context and teacher_model is None:
         raise ValueError("the context map needs the teacher model (its hidden states); pass the teacher, or turn "
                          "head_context off")
     t0 = time.perf_counter()
-    student = list(_final_states(student_model, student_tok, texts, tokens, max_len, logits=False, ends=context))
+    with _autocast(student_model, bf16):
+        student = list(_final_states(student_model, student_tok, texts, tokens, max_len, logits=False, ends=context))
     hidden = torch.cat([h for _, h, _, _ in student])
     d = hidden.shape[1]
     if hidden.shape[0] < 2 * d:
@@ -159,13 +173,14 @@ def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, 
     if teacher_model is not None:
         prior, n = None, 0
         teacher = []
-        for i, h_t, logits, where in _final_states(teacher_model, teacher_tok, texts, tokens, max_len, logits=True,
-                                                   ends=context):
-            p = torch.softmax(logits, dim=-1).double().sum(0)
-            prior = p if prior is None else prior + p
-            n += logits.shape[0]
-            if context:
-                teacher.append((i, h_t, None, where))
+        with _autocast(teacher_model, bf16):
+            for i, h_t, logits, where in _final_states(teacher_model, teacher_tok, texts, tokens, max_len, logits=True,
+                                                       ends=context):
+                p = torch.softmax(logits, dim=-1).sum(0, dtype=torch.float64)
+                prior = p if prior is None else prior + p
+                n += logits.shape[0]
+                if context:
+                    teacher.append((i, h_t, None, where))
         if prior is None:
             raise ValueError("calibration text is empty for the teacher's tokenizer; give a corpus with text in it")
         prior, sizes["teacher"] = prior / n, n
@@ -176,4 +191,4 @@ def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, 
         prior, sizes["corpus_tokens"] = prior / prior.sum(), int(counts.sum())
     else:
         raise ValueError("a prior needs the teacher model (its next-token distribution) or token counts (an alignment)")
-    return Calibration(v.float(), spread, prior, sizes, time.perf_counter() - t0, context_map)
+    return Calibration(v.float(), spread, prior, sizes, time.perf_counter() - t0, context_map, bf16)

@@ -176,11 +176,12 @@ def fit_rows(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, 
 
 def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iterations: int = 30,
              max_len: int = 1024, teacher=None, teacher_weight: float = 0.0, top_k: int = 8,
-             family_of: torch.Tensor | None = None) -> dict:
+             family_of: torch.Tensor | None = None, share_scope: str = "seen") -> dict:
     """Fit ``model``'s head rows in place on ``tokens`` positions of ``texts`` (see the module), with the ``teacher``'s
     top-k distribution mixed into the targets at ``teacher_weight``; returns a report. With ``family_of`` (each
     teacher token's first student piece, ``xtok.transplant.methods.first_piece_table``) the teacher's in-family shares
-    are fitted first, as one map for every family member (``xtok.transplant.share_map``), and the rows after it."""
+    are fitted first, as one map for every member of the families ``share_scope`` names (``xtok.transplant.share_map``),
+    and the rows after it."""
     check_fittable(model)
     if family_of is not None and teacher is None:
         raise ValueError("the head fit's share map fits the teacher's in-family distributions; give the teacher model")
@@ -196,7 +197,7 @@ def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iter
         fam = Families.of(family_of, rows)
         teacher_rows = teacher.get_output_embeddings().weight.detach().float()[:rows]
         mapped, share = apply_share_map(head.weight, hidden, family_groups(teacher, windows, tokens, fam), teacher_rows,
-                                        fam)
+                                        fam, scope=share_scope)
         with torch.no_grad():
             head.weight.copy_(mapped.to(head.weight.dtype))
     soft = teacher_targets(teacher, windows, tokens, top_k, head.weight.shape[0]) \

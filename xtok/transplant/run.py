@@ -60,7 +60,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     if runs_models:
         load_corpus(cfg.calibration_data, max_docs_per_domain=1)  # a missing corpus fails here, not after loading models
     # the student's folder, and the teacher's where its embeddings are read (catalogue models converted once, here)
-    teacher_runs = cfg.head_fit_teacher_weight > 0 or cfg.head_fit_share_map  # the head fit runs the teacher
+    teacher_runs = cfg.head_fit_teacher_weight > 0 or cfg.head_fit_share_map != "off"  # the head fit runs the teacher
     folders = [resolve_model(cfg.student, cache_dir)] + \
         ([resolve_model(cfg.teacher, cache_dir)] if needs.teacher_model or teacher_runs else [])
     if not cfg.head_fit_tokens and all(any(Path(f).glob("*.safetensors")) for f in folders):
@@ -82,13 +82,13 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
                                teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
                                head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
                                calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
-                               row_norms=cfg.row_norms, safety_z=cfg.safety_z,
-                               max_coef_norm=cfg.max_coef_norm,
+                               calibration_precision=cfg.calibration_precision, row_norms=cfg.row_norms,
+                               safety_z=cfg.safety_z, max_coef_norm=cfg.max_coef_norm,
                                k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
                                progress=progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
     family_of = first_piece_table(teacher_tok, student_tok, head_module(student).weight.shape[0]) \
-        if cfg.head_fit_share_map else None
+        if cfg.head_fit_share_map != "off" else None
     del student
     if not teacher_runs:
         teacher_model = None
@@ -101,7 +101,7 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         report["head_fit"] = fit_head(model, teacher_tok, texts, tokens=cfg.head_fit_tokens, l2=cfg.head_fit_l2,
                                       iterations=cfg.head_fit_iterations, teacher=teacher_model,
                                       teacher_weight=cfg.head_fit_teacher_weight, top_k=cfg.head_fit_top_k,
-                                      family_of=family_of)
+                                      family_of=family_of, share_scope=cfg.head_fit_share_map)
         del teacher_model
         report["seconds"] = round(report["seconds"] + report["head_fit"]["seconds"], 2)
     report["dtype"] = stored_dtype(folders[0]) if cfg.out_dtype == "source" else cfg.out_dtype
@@ -120,7 +120,7 @@ def _calibration(cfg: TransplantConfig, folders: list[str], tokenizers: tuple, a
     teacher_model = load_causal_lm(folders[1]) if len(folders) > 1 else None
     calibration = calibrate_models(student, student_tok, teacher_tok, teacher_model=teacher_model, alignment=alignment,
                                    calibration_data=cfg.calibration_data, calibration_tokens=cfg.calibration_tokens,
-                                   head_context=cfg.head_context)
+                                   head_context=cfg.head_context, precision=cfg.calibration_precision)
     del student, teacher_model
     gc.collect()
     return calibration

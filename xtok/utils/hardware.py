@@ -3,10 +3,13 @@ whether bf16 pays here (``fast_bf16``). Benchmarks record ``machine_info()`` bes
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def cpu_model() -> str | None:
@@ -40,6 +43,16 @@ def fast_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return "amx_bf16" in cpu_features()
+
+
+def use_bf16(precision: str) -> bool:
+    """Whether a run of ``precision`` (float32, bf16, auto) computes in bf16; bf16 asked for where its products are
+    slow gets a warning."""
+    fast = fast_bf16()
+    if precision == "bf16" and not fast:
+        log.warning("precision bf16 on a machine without fast bf16 products (no CUDA bf16, no AMX): they run far "
+                    "slower than float32 here (~300x on an AVX2 CPU); use precision float32 or auto")
+    return precision == "bf16" or (precision == "auto" and fast)
 
 
 def machine_info() -> dict[str, Any]:
