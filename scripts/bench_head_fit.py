@@ -38,10 +38,10 @@ from xtok.config import TransplantConfig  # noqa: E402
 from xtok.corpus import load_corpus  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
 from xtok.transplant.calibrate import calibration_texts  # noqa: E402
-from xtok.transplant.head_fit import final_states, fit_rows, teacher_targets, token_windows  # noqa: E402
+from xtok.transplant.head_fit import final_states, fit_rows, teacher_fit_targets, token_windows  # noqa: E402
 from xtok.transplant.methods import first_piece_table  # noqa: E402
 from xtok.transplant.run import run_transplant  # noqa: E402
-from xtok.transplant.share_map import SCOPES, Families, apply_share_map, family_groups  # noqa: E402
+from xtok.transplant.share_map import SCOPES, Families, apply_share_map  # noqa: E402
 from xtok.utils.hardware import machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 from xtok.vocab.chunks import paired_tokenization  # noqa: E402
@@ -136,27 +136,26 @@ def main() -> None:
     result["features"] = {"positions": len(targets), "seconds": round(time.perf_counter() - t0, 1),
                           "tokens_per_second": round(len(targets) / (time.perf_counter() - t0), 1)}
     print(result["features"], flush=True)
-    soft = None
     scopes = [sm for sm in args.share_map if sm != "off"]
-    teacher = load_model(args.teacher)[0] if scopes or any(a > 0 for a in args.teacher_weight) else None  # loaded once
-    if any(a > 0 for a in args.teacher_weight):
+    top_k = args.top_k if any(a > 0 for a in args.teacher_weight) else None  # the teacher's targets are needed
+    soft, groups, fam, teacher_rows = None, None, None, None
+    if scopes or top_k:
+        teacher, _ = load_model(args.teacher)
         t0 = time.perf_counter()
-        soft = teacher_targets(teacher, windows, max(args.tokens), args.top_k, w0.shape[0])
-        result["teacher_targets"] = {"top_k": args.top_k, "seconds": round(time.perf_counter() - t0, 1)}
-        print(result["teacher_targets"], flush=True)
-    if scopes:
-        t0 = time.perf_counter()
-        fam = Families.of(first_piece_table(tok, s_tok, student.get_output_embeddings().weight.shape[0]), w0.shape[0])
-        groups = family_groups(teacher, windows, max(args.tokens), fam)
+        fam = Families.of(first_piece_table(tok, s_tok, student.get_output_embeddings().weight.shape[0]), w0.shape[0]) \
+            if scopes else None
+        soft, groups = teacher_fit_targets(teacher, windows, max(args.tokens), w0.shape[0], top_k=top_k, fam=fam)
         teacher_rows = teacher.get_output_embeddings().weight.detach().float()[: w0.shape[0]]
-        share_seconds = round(time.perf_counter() - t0, 1)
-    del teacher
+        result["teacher_passes"] = {"top_k": top_k, "share_map": bool(scopes),  # one pass serves both
+                                    "seconds": round(time.perf_counter() - t0, 1)}
+        del teacher
+        print(result["teacher_passes"], flush=True)
 
     val_texts, val_domains = validation_docs(args.val_docs, args.val_chars)
     val = {"transplanted (zero-shot)": public(score(model, tok, val_texts, val_domains))}
     starts = {"off": w0}
     if scopes:
-        result["share_map"] = {"seconds_teacher_passes": share_seconds}
+        result["share_map"] = {}
         for scope in scopes:
             starts[scope], report = apply_share_map(w0, hidden, groups, teacher_rows, fam, scope=scope)
             result["share_map"][scope] = report

@@ -106,6 +106,37 @@ def test_teacher_targets_are_the_teachers_renormalized_top_k(real_tokenizer):
         teacher_targets(teacher, windows, 10_000, 0, vocab_rows=len(qwen))
 
 
+def test_one_teacher_pass_gives_the_top_k_targets_and_the_family_groups(real_tokenizer):
+    """The head fit's top-k targets and the share map's groups from one forward pass per window, each equal to what
+    it is computed from directly: the teacher's logits at the positions, top-k renormalized / softmax over a family."""
+    from xtok.transplant.head_fit import teacher_fit_targets
+    from xtok.transplant.share_map import Families
+
+    qwen = real_tokenizer("qwen2.5-coder-0.5b")
+    teacher = build_tiny("qwen2", qwen, seed=4)
+    windows = token_windows(qwen, ["def f(x):\n    return x * 2\n", "a b c d e f"], tokens=10_000)
+    with torch.no_grad():
+        logits = torch.cat([teacher(input_ids=w).logits[0, :-1, :len(qwen)] for w in windows])
+    nexts = torch.cat([w[0, 1:] for w in windows])
+    family_of = torch.full((len(qwen),), -1)
+    family_of[nexts] = nexts % 3  # three families holding every next token, with other members
+    family_of[torch.arange(0, 60)] = torch.arange(0, 60) % 3
+    fam = Families.of(family_of)
+    calls = []
+    teacher.register_forward_hook(lambda *_: calls.append(1))
+    tokens = len(nexts) - 2  # a budget that cuts the last window
+    soft, groups = teacher_fit_targets(teacher, windows, tokens, len(qwen), top_k=4, fam=fam)
+    assert len(calls) == len(windows)
+    top = logits[:tokens].softmax(1).topk(4, dim=1)
+    assert torch.equal(soft[0], top.indices)
+    torch.testing.assert_close(soft[1], top.values / top.values.sum(1, keepdim=True), rtol=1e-5, atol=1e-6)
+    assert sorted(int(p) for g in groups for p in g.positions) == list(range(tokens))
+    for g in groups:
+        assert (family_of[g.members] == family_of[nexts[g.positions]][:, None]).all()
+        torch.testing.assert_close(g.teacher, logits[g.positions][:, g.members].softmax(1), rtol=1e-5, atol=1e-6)
+    assert teacher_fit_targets(teacher, windows, tokens, len(qwen)) == (None, None) and len(calls) == len(windows)
+
+
 def test_a_stronger_pull_keeps_rows_nearer_their_start():
     hidden, targets, w0 = _problem(seed=1)
     moves = [float((fit_rows(hidden, targets, w0, l2=l2, iterations=100)[0] - w0[torch.unique(targets)]).norm())

@@ -91,24 +91,59 @@ def final_states(model, windows: list[torch.Tensor], tokens: int) -> tuple[torch
     return torch.cat(hs)[:tokens], torch.cat(ys)[:tokens]
 
 
+def teacher_logits(teacher, windows: list[torch.Tensor], tokens: int, vocab_rows: int):
+    """Yield (first position, the teacher's logits (n, V) float32, next token ids (n,)) per window of ``windows``, at the
+    positions ``final_states`` gives for them, until ``tokens`` positions; one forward pass per window."""
+    seen = 0
+    with torch.no_grad():
+        for ids in windows:
+            if seen >= tokens:
+                return
+            logits = teacher(input_ids=ids).logits[0, :-1].float()
+            if logits.shape[1] < vocab_rows:
+                raise ValueError(f"the teacher scores {logits.shape[1]} tokens but the transplant's head has {vocab_rows} "
+                                 "rows: the teacher must be the model whose tokenizer was transplanted")
+            n = min(len(logits), tokens - seen)
+            yield seen, logits[:n], ids[0, 1 : n + 1]
+            seen += n
+
+
+def teacher_fit_targets(teacher, windows: list[torch.Tensor], tokens: int, vocab_rows: int, *, top_k: int | None = None,
+                        fam=None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list | None]:
+    """What the head fit reads from the teacher, in one pass over ``windows``: its top-``top_k`` targets (where
+    ``top_k`` is given; ``teacher_targets``) and the share map's within-family distributions (where ``fam``, a
+    ``share_map.Families``, is given; ``share_map.family_groups``)."""
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"head_fit top_k={top_k} must be at least 1")
+    if top_k is None and fam is None:
+        return None, None
+    tops = []
+
+    def passes():
+        for start, logits, targets in teacher_logits(teacher, windows, tokens, vocab_rows):
+            if top_k is not None:
+                top = logits[:, :vocab_rows].topk(top_k, dim=1)
+                tops.append((top.indices, top.values.softmax(dim=1)))
+            yield start, logits, targets
+
+    groups = None
+    if fam is not None:
+        from xtok.transplant.share_map import family_groups
+
+        groups = family_groups(passes(), fam)
+    else:
+        for _ in passes():
+            pass
+    soft = (torch.cat([i for i, _ in tops]), torch.cat([p for _, p in tops])) if top_k is not None else None
+    return soft, groups
+
+
 def teacher_targets(teacher, windows: list[torch.Tensor], tokens: int, top_k: int,
                     vocab_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids (N, top_k), probabilities (N, top_k) summing to 1 per row): the teacher's next-token distribution at the
     positions ``final_states`` gives for the same ``windows``, renormalized on its ``top_k`` most likely tokens that are
     below ``vocab_rows`` (the transplant's head rows; a teacher's padding rows beyond them are never targets)."""
-    if top_k < 1:
-        raise ValueError(f"head_fit top_k={top_k} must be at least 1")
-    ids_out, p_out = [], []
-    with torch.no_grad():
-        for ids in windows:
-            logits = teacher(input_ids=ids).logits[0, :-1].float()
-            if logits.shape[1] < vocab_rows:
-                raise ValueError(f"the teacher scores {logits.shape[1]} tokens but the transplant's head has {vocab_rows} "
-                                 "rows: the teacher must be the model whose tokenizer was transplanted")
-            top = logits[:, :vocab_rows].topk(top_k, dim=1)
-            ids_out.append(top.indices)
-            p_out.append(top.values.softmax(dim=1))
-    return torch.cat(ids_out)[:tokens], torch.cat(p_out)[:tokens]
+    return teacher_fit_targets(teacher, windows, tokens, vocab_rows, top_k=top_k)[0]
 
 
 def _row_lse(h: torch.Tensor, w: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -190,18 +225,20 @@ def fit_head(model, tok, texts: list[str], *, tokens: int, l2: float = 0.1, iter
     hidden, targets = final_states(model, windows, tokens)
     head = model.get_output_embeddings()
     share = None
+    soft_k = top_k if teacher_weight > 0 and teacher is not None else None  # fit_rows refuses a weight without targets
+    fam = None
     if family_of is not None:
-        from xtok.transplant.share_map import Families, apply_share_map, family_groups
+        from xtok.transplant.share_map import Families
 
-        rows = head.weight.shape[0]
-        fam = Families.of(family_of, rows)
-        teacher_rows = teacher.get_output_embeddings().weight.detach().float()[:rows]
-        mapped, share = apply_share_map(head.weight, hidden, family_groups(teacher, windows, tokens, fam), teacher_rows,
-                                        fam, scope=share_scope)
+        fam = Families.of(family_of, head.weight.shape[0])
+    soft, groups = teacher_fit_targets(teacher, windows, tokens, head.weight.shape[0], top_k=soft_k, fam=fam)
+    if fam is not None:
+        from xtok.transplant.share_map import apply_share_map
+
+        teacher_rows = teacher.get_output_embeddings().weight.detach().float()[: head.weight.shape[0]]
+        mapped, share = apply_share_map(head.weight, hidden, groups, teacher_rows, fam, scope=share_scope)
         with torch.no_grad():
             head.weight.copy_(mapped.to(head.weight.dtype))
-    soft = teacher_targets(teacher, windows, tokens, top_k, head.weight.shape[0]) \
-        if teacher_weight > 0 and teacher is not None else None  # fit_rows refuses a weight without targets
     fitted, rows, before, after = fit_rows(hidden, targets, head.weight, l2=l2, iterations=iterations, soft=soft,
                                            soft_weight=teacher_weight)
     with torch.no_grad():

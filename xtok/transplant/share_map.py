@@ -107,30 +107,20 @@ class Group:
     teacher: torch.Tensor  # (n, m) probabilities, rows summing to 1
 
 
-def family_groups(teacher, windows: list[torch.Tensor], tokens: int, fam: Families) -> list[Group]:
-    """The teacher's within-family distributions at the positions ``head_fit.final_states`` gives for ``windows``
-    (each position whose next token is in one of ``fam``'s families)."""
+def family_groups(passes, fam: Families) -> list[Group]:
+    """The teacher's within-family distributions at each position whose next token is in one of ``fam``'s families,
+    from ``passes``: (first position, teacher logits (n, V), next token ids (n,)) per window, as
+    ``head_fit.teacher_logits`` gives them (``head_fit.teacher_fit_targets`` runs it)."""
     family_of = fam.family_of
     in_multi = torch.zeros(len(family_of), dtype=torch.bool)
     in_multi[fam.tokens] = True
     members = fam.members()
     rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    seen = 0
-    with torch.no_grad():
-        for ids in windows:
-            if seen >= tokens:
-                break
-            logits = teacher(input_ids=ids).logits[0, :-1].float()
-            if logits.shape[1] < len(family_of):
-                raise ValueError(f"the teacher scores {logits.shape[1]} tokens but the transplant's head has "
-                                 f"{len(family_of)} rows: the teacher must be the model whose tokenizer was transplanted")
-            targets = ids[0, 1:]
-            for i in range(min(len(targets), tokens - seen)):
-                y = int(targets[i])
-                if y < len(family_of) and in_multi[y]:
-                    f = int(family_of[y])
-                    rows.setdefault(f, []).append((seen + i, logits[i, members[f]].softmax(0)))
-            seen += len(targets)
+    for start, logits, targets in passes:
+        for i, y in enumerate(targets.tolist()):
+            if y < len(family_of) and in_multi[y]:
+                f = int(family_of[y])
+                rows.setdefault(f, []).append((start + i, logits[i, members[f]].softmax(0)))
     return [Group(torch.tensor([p for p, _ in r]), members[f], torch.stack([q for _, q in r])) for f, r in rows.items()]
 
 
