@@ -26,7 +26,7 @@ from bench_heal import public, score, validation_docs  # noqa: E402
 
 from xtok.corpus import load_corpus  # noqa: E402
 from xtok.models.load import load_model  # noqa: E402
-from xtok.utils.hardware import machine_info, use_bf16  # noqa: E402
+from xtok.utils.hardware import fast_bf16, machine_info  # noqa: E402
 from xtok.utils.io import command_line, package_versions, write_json  # noqa: E402
 
 CONFIG = "qwen2.5-coder-0.5b_to_smollm2-135m"
@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--eval-chars", type=int, default=6000)
     ap.add_argument("--out", default="bench/results/transplant_time.json")
     args = ap.parse_args()
-    if "bf16" in args.precision and not use_bf16("auto"):
+    if "bf16" in args.precision and not fast_bf16():
         print("warning: this machine has no fast bf16 (no AMX, no CUDA): the bf16 run will be slow", file=sys.stderr)
     result = {"machine": machine_info(), "packages": package_versions(), "command": command_line(), "config": CONFIG,
               "load": "nothing else running; each transplant its own process, one after the other", "runs": {}}
