@@ -88,7 +88,7 @@ def test_candidate_search_with_all_atoms_is_exact_omp():
     atoms, x = torch.randn(300, 24), torch.randn(40, 24)
     idx, coef = batch_omp(x, atoms, 6)
     unit = atoms / atoms.norm(dim=1, keepdim=True)
-    idx2, coef2 = _omp_chunk_candidates(x, atoms, unit, 6, 300)
+    idx2, coef2 = _omp_chunk_candidates(x, atoms, unit, unit, 6, 300)
     assert torch.equal(idx, idx2)
     torch.testing.assert_close(coef, coef2, rtol=1e-4, atol=1e-5)
 
@@ -129,3 +129,44 @@ def test_refit_is_the_least_squares_solution_at_any_conditioning(spread):
         np.testing.assert_allclose(coef[i], ref, rtol=0, atol=1e-6 * np.abs(ref).max())
     gram_cond = np.linalg.cond(a32[support[0]] @ a32[support[0]].T)
     assert (gram_cond > 1 / REFIT_CONDITION) == (spread < 1e-4)  # 1e-3: normal equations at cond ~4e6; 1e-6: SVD
+
+
+def _float64_top(x: np.ndarray, atoms: np.ndarray, m: int):
+    """Each row's m atoms of largest |normalized correlation| in float64, and the gap between the m-th and the next."""
+    score = np.abs(x @ (atoms / np.linalg.norm(atoms, axis=1, keepdims=True)).T)
+    order = np.argsort(-score, axis=1)
+    ranked = np.take_along_axis(score, order, axis=1)
+    return [set(row[:m].tolist()) for row in order], ranked[:, m - 1] - ranked[:, m]
+
+
+def test_bf16_screen_rescored_finds_the_float32_candidates(monkeypatch):
+    """The bf16 screen keeps SCREEN_EXTRA atoms past the m-th and rescores them in float32: each target gets the m
+    candidates of float64 scoring (wherever the m-th and next atom are further apart than float32 rounding), so the
+    codes of the float32 screen. Without the extra atoms bf16 rounding loses true candidates of some targets."""
+    import xtok.transplant.omp as omp
+
+    rng = np.random.default_rng(6)
+    atoms = rng.standard_normal((4000, 96)) * rng.uniform(0.5, 2.0, (4000, 1))
+    x = rng.standard_normal((300, 96))
+    m = 40
+    top, gap = _float64_top(x, atoms, m)
+    clear = gap > 1e-5 * np.linalg.norm(x, axis=1)  # float32 scoring cannot order closer pairs
+    assert clear.mean() > 0.9
+    xt, at = torch.tensor(x, dtype=torch.float32), torch.tensor(atoms, dtype=torch.float32)
+    unit = at / at.norm(dim=1, keepdim=True)
+
+    def candidates():
+        kept = omp._screen(xt, unit, unit.bfloat16(), m)
+        score = (xt.unsqueeze(1) @ at[kept].transpose(1, 2)).squeeze(1).abs() / at.norm(dim=1)[kept]
+        found = kept.gather(1, score.topk(m, dim=1).indices)
+        return kept.shape[1], sum(set(found[i].tolist()) != top[i] for i in np.flatnonzero(clear))
+
+    assert candidates() == (m + omp.SCREEN_EXTRA, 0)
+    monkeypatch.setattr(omp, "SCREEN_EXTRA", 0)
+    assert candidates()[1] > 0
+    monkeypatch.undo()
+    a = batch_omp(xt, at, 6, candidates=m, dtype="float32")
+    b = batch_omp(xt, at, 6, candidates=m, dtype="bfloat16")
+    same = (a[0] == b[0]).all(1)
+    assert same[torch.tensor(clear)].all()
+    torch.testing.assert_close(a[1], b[1], rtol=1e-4, atol=1e-5)

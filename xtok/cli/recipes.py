@@ -67,7 +67,9 @@ def transplant_cmd(
     candidates: Annotated[Optional[int], typer.Option(help="OMP: search each token's m most correlated anchors [128]")] = None,
     exact: Annotated[Optional[bool], typer.Option("--exact", help="OMP over all anchors (one product with all of them per step)")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="new tokens per OMP step [default: 1024]")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto (float32), float32, bfloat16 (approximate)")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="OMP correlation dtype: auto (candidate search: bf16 screen, "
+                                                                  "float32 rescoring, where bf16 is fast; exact: float32), "
+                                                                  "float32, bfloat16 (exact OMP: approximate)")] = None,
     out_dtype: Annotated[Optional[str], typer.Option(help="dtype written: source (the student's), float32, bfloat16, "
                                                      "float16")] = None,
     teacher_tokenizer_only: Annotated[Optional[bool], typer.Option(help="use the teacher's tokenizer only")] = None,

@@ -12,7 +12,7 @@ from xtok.registry import LOSSES
 LOSS_CHUNK = 16  # positions per chunk of the loss (distill and heal, and DistillTrainer's default)
 
 PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, weights, optimizer and losses in float32; fast on a GPU "
-                  "and on CPUs with AMX, ~300x slower than float32 on CPUs without), or auto (bf16 where it is fast)")
+                  "and on CPUs with AMX or avx512_bf16, ~300x slower than float32 on AVX2-only CPUs), or auto (bf16 where it is fast)")
 
 
 class StageConfig(Strict):

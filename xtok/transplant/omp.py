@@ -17,15 +17,24 @@ log = logging.getLogger(__name__)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
-    """The correlation product's dtype. "auto" is float32 on every CPU, so a transplant's atoms do not depend on the
-    machine: a bf16 product (``bfloat16``) chooses among near-ties differently, and it did not pay where it could,
-    on a CPU with AMX (a 1,024-target chunk of the default search: bf16 product 0.10 s against float32's 0.30 s, but
-    its top-k and the rest unchanged, 0.96 s against 0.97 s; a float32 rescoring of a bf16 screen, certified by its
-    rounding bound, cost more than it saved). It pays for ``--exact`` there (each iteration's product ~3x faster),
-    where its choices are approximate."""
+    """Exact OMP's correlation product dtype. "auto" is float32 on every CPU, so a transplant's atoms do not depend on
+    the machine: a bf16 product (``bfloat16``) chooses among near-ties differently (~3x faster per iteration where bf16
+    is fast, its choices approximate)."""
     if name == "auto":
         return torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def screen_dtype(name: str) -> torch.dtype:
+    """The candidate search's screening product dtype. Its bf16 screen keeps 64 atoms more and rescores them in float32
+    (``_screen``): the float32 screen's candidates for every one of the default pair's 112,699 new tokens but 12
+    (near-ties of float32 rounding: 11 with 32 extra, 848 with 16), so "auto" takes bf16 wherever bf16 products are
+    fast (``xtok.utils.hardware.fast_bf16``), float32 elsewhere."""
+    from xtok.utils.hardware import fast_bf16
+
+    if name == "auto":
+        return torch.bfloat16 if fast_bf16() else torch.float32
+    return resolve_dtype(name)
 
 
 REFIT_CONDITION = 1e-8  # a support whose Gram eigenvalues go below this share of the largest is solved by SVD
@@ -85,58 +94,87 @@ def _omp_chunk(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k
 
 
 CANDIDATE_BLOCK = 32  # targets whose candidate atoms are gathered at a time: (32, m, d) stays in cache across iterations
+SCREEN_EXTRA = 64  # atoms past the m-th that a bf16 screen keeps and rescores in float32
 
 
-def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, k: int,
-                          m: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _screen(x: torch.Tensor, atoms_unit: torch.Tensor, atoms_screen: torch.Tensor, m: int) -> torch.Tensor:
+    """(B, m') atom indices whose set holds each target's m atoms of largest |normalized correlation|.
+
+    A float32 screen (``atoms_screen`` float32) returns exactly those m. A bf16 one (3.2x faster products on a CPU
+    with avx512_bf16) returns its own top m + ``SCREEN_EXTRA``, which the caller rescores in float32. That finds the
+    float32 screen's set unless bf16 rounding moved a true top-m atom below 63 others; on the default pair's first
+    1,024 new tokens the median bf16 error is 1e-4 of ||x|| and the set was the same for every one (16 extra: all but
+    3). It is not certified: the worst-case rounding bound (3 · 2^-8 · ||x||, Cauchy-Schwarz) would need ~450 kept
+    atoms per target there, whose rescoring costs more than the float32 product saves.
+    """
+    if atoms_screen.dtype == torch.float32:
+        return (x @ atoms_unit.T).abs_().topk(m, dim=1).indices
+    kept = min(m + SCREEN_EXTRA, atoms_unit.shape[0])
+    return (x.to(atoms_screen.dtype) @ atoms_screen.T).abs_().topk(kept, dim=1).indices
+
+
+def _omp_chunk_candidates(x: torch.Tensor, atoms: torch.Tensor, atoms_unit: torch.Tensor, atoms_screen: torch.Tensor,
+                          k: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     """OMP restricted to each target's ``m`` atoms most correlated with it (Batch-OMP in the Gram domain).
 
-    One product with all atoms picks the candidates; after that an iteration needs only the Gram column of the atom
-    it chose (m inner products per target, never the whole m × m Gram), and the residual's correlations follow from
-    them: alpha = b0 − G[:, support] · coef. The candidates of ``CANDIDATE_BLOCK`` targets are gathered at a time, so
-    the (block, m, d) copy stays in cache. With ``m`` = all atoms this is exactly OMP.
+    One screening product with all atoms (``_screen``) picks the candidates; after that an iteration needs only the
+    Gram column of the atom it chose (m inner products per target, never the whole m × m Gram), and the residual's
+    correlations follow from them. The candidates of ``CANDIDATE_BLOCK`` targets are gathered at a time, so the
+    (block, m, d) copy stays in cache. With ``m`` = all atoms this is exactly OMP.
     """
-    corr = x.to(atoms_unit.dtype) @ atoms_unit.T  # (B, n): the one product with every atom
-    cand = corr.float().abs_().topk(m, dim=1).indices  # (B, m)
-    del corr
+    kept = _screen(x, atoms_unit, atoms_screen, m)  # (B, m') with m' >= m
     sq_norm = (atoms * atoms).sum(1)  # (n,) the Gram's diagonal
-    support = torch.empty((x.shape[0], k), dtype=torch.long)
+    inv_norm = sq_norm.clamp_min(1e-24).rsqrt()
+    picked = torch.empty((x.shape[0], k), dtype=torch.long)
     for s in range(0, x.shape[0], CANDIDATE_BLOCK):
         sl = slice(s, s + CANDIDATE_BLOCK)
-        support[sl] = _candidate_support(x[sl], atoms[cand[sl]], sq_norm[cand[sl]], k)
-    picked = cand.gather(1, support)
+        cand, c = kept[sl], atoms[kept[sl]]  # (b, m'), (b, m', d)
+        if cand.shape[1] > m:  # a bf16 screen's survivors, rescored in float32
+            score = _row_products(x[sl], c).abs_() * inv_norm[cand]
+            pos = score.topk(m, dim=1).indices
+            cand, c = cand.gather(1, pos), c[torch.arange(len(pos))[:, None], pos]
+        picked[sl] = cand.gather(1, _candidate_support(x[sl], c, sq_norm[cand], k))
     return picked, _refit(x, atoms, picked)
+
+
+def _row_products(v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """(B, m) inner products of each row of ``v`` (B, d) with its own ``c`` (B, m, d): a (1, d) @ (d, m) product per
+    target, ~10x faster on CPU than (m, d) @ (d, 1), which torch runs as slow batched matrix-vector products."""
+    return torch.bmm(v.unsqueeze(1), c.transpose(1, 2)).squeeze(1)
 
 
 def _candidate_support(x: torch.Tensor, c: torch.Tensor, sq_norm: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) positions in each target's candidate list ``c`` (B, m, d) that OMP picks, ``sq_norm`` (B, m) their
-    squared norms."""
+    squared norms.
+
+    The support grows by Gram-Schmidt in the Gram domain: with q_1..q_t an orthonormal basis of the chosen atoms,
+    the residual's correlations are <c_i, x> − sum_s <c_i, q_s> <q_s, x>, and <c_i, q_t> comes from the new atom's Gram
+    column and the earlier <c_i, q_s> alone (q_s is never formed in d dimensions). No triangular solves: each step is
+    a few batched products and element-wise operations, in float64 past the Gram column.
+    """
     b, m = c.shape[:2]
-    b0 = torch.bmm(c, x.unsqueeze(-1)).squeeze(-1)  # (B, m) <atom, x>
-    inv_norm = sq_norm.clamp_min(1e-24).rsqrt()
+    b0 = _row_products(x, c).double()  # (B, m) <c_i, x>
+    inv_norm = sq_norm.double().clamp_min(1e-24).rsqrt()
     rows = torch.arange(b)
     support = torch.empty((b, k), dtype=torch.long)
-    chol = torch.zeros((b, k, k), dtype=torch.float64)  # lower-triangular Cholesky of the support's Gram
-    alpha = b0 * inv_norm
+    z = torch.zeros((b, m, k), dtype=torch.float64)  # <c_i, q_s>
+    qx = torch.zeros((b, k), dtype=torch.float64)  # <q_s, x>
+    corr = b0.clone()  # <c_i, residual>
     taken = torch.zeros((b, m), dtype=torch.bool)
-    g_sup = torch.empty((b, m, k), dtype=torch.float32)  # (B, m, k) Gram columns of the support, grown per step
     for t in range(k):
-        j = alpha.abs().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
+        j = (corr * inv_norm).abs_().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
         taken[rows, j] = True
         support[:, t] = j
-        g_col = torch.bmm(c, c[rows, j].unsqueeze(-1)).squeeze(-1)  # (B, m): <atom_i, atom_j>
-        g_sup[:, :, t] = g_col
-        if t:
-            g = g_col.gather(1, support[:, :t]).unsqueeze(-1).double()  # (B, t, 1)
-            w = torch.linalg.solve_triangular(chol[:, :t, :t], g, upper=False).squeeze(-1)
-            chol[:, t, :t] = w
-            diag2 = g_col[rows, j].double() - (w * w).sum(-1)
-        else:
-            diag2 = g_col[rows, j].double()
-        chol[:, t, t] = diag2.clamp_min(1e-30).sqrt()
-        coef = torch.cholesky_solve(b0.gather(1, support[:, : t + 1]).double().unsqueeze(-1),
-                                    chol[:, : t + 1, : t + 1]).squeeze(-1)
-        alpha = (b0 - torch.bmm(g_sup[:, :, : t + 1], coef.float().unsqueeze(-1)).squeeze(-1)) * inv_norm  # residual corr.
+        g = _row_products(c[rows, j], c).double()  # (B, m) <c_i, c_j>: the Gram column
+        zj = z[rows, j, :t]  # (B, t) <c_j, q_s>
+        g_jj = g[rows, j]
+        left = g_jj - (zj * zj).sum(-1)  # ||c_j − its projection on the support||^2
+        # c_j inside the support's span (reachable only once x is reproduced): it adds no direction, coefficient 0
+        inv = torch.where(left > 1e-12 * g_jj, left.clamp_min(1e-300).rsqrt(), torch.zeros((), dtype=torch.float64))
+        zt = (g - torch.bmm(z[:, :, :t], zj.unsqueeze(-1)).squeeze(-1)) * inv[:, None]  # <c_i, q_t>
+        z[:, :, t] = zt
+        qx[:, t] = (b0[rows, j] - (zj * qx[:, :t]).sum(-1)) * inv
+        corr -= zt * qx[:, t, None]
     return support
 
 
@@ -148,8 +186,11 @@ def batch_omp(
 
     Returns ``(indices (N, k) long, coefficients (N, k) float32)`` with
     ``x[i] ≈ coefficients[i] @ atoms[indices[i]]``. Memory is bounded by ``chunk`` rows at a time;
-    ``dtype`` sets the correlation product only ("auto": float32; "bfloat16" approximates the
-    choices, see ``resolve_dtype``); the least squares is always float64. ``candidates=m``
+    ``dtype`` sets the correlation product only: for exact OMP "auto" is float32 and "bfloat16"
+    approximates the choices (``resolve_dtype``); the candidate search's bf16 screen is rescored in
+    float32 (all but 12 of 112,699 targets get the float32 screen's candidates), and "auto" takes
+    it where bf16 is fast (``screen_dtype``).
+    The least squares is always float64. ``candidates=m``
     restricts each target's search to the m atoms most correlated with it (exact OMP when None or
     >= n; much faster, since k products with all atoms dominate exact OMP).
     """
@@ -165,7 +206,9 @@ def batch_omp(
         raise ValueError("NaN or Inf in the embeddings given to OMP; check the model weights")
     atoms = atoms.float()
     norms = atoms.norm(dim=1, keepdim=True)
-    atoms_unit = (atoms / norms.clamp_min(1e-12)).to(resolve_dtype(dtype))  # select by normalized correlation
+    atoms_unit = atoms / norms.clamp_min(1e-12)  # select by normalized correlation
+    product = screen_dtype(dtype) if use_candidates else resolve_dtype(dtype)
+    atoms_product = atoms_unit.to(product)
     idx_out = torch.empty((x.shape[0], k), dtype=torch.long)
     coef_out = torch.empty((x.shape[0], k), dtype=torch.float32)
     from tqdm.auto import tqdm
@@ -173,9 +216,9 @@ def batch_omp(
     for start in tqdm(range(0, x.shape[0], chunk), desc=f"omp k={k}", unit="chunk", disable=not progress):
         stop = min(start + chunk, x.shape[0])
         if use_candidates:
-            idx, coef = _omp_chunk_candidates(x[start:stop].float(), atoms, atoms_unit, k, candidates)
+            idx, coef = _omp_chunk_candidates(x[start:stop].float(), atoms, atoms_unit, atoms_product, k, candidates)
         else:
-            idx, coef = _omp_chunk(x[start:stop].float(), atoms, atoms_unit, k)
+            idx, coef = _omp_chunk(x[start:stop].float(), atoms, atoms_product, k)
         idx_out[start:stop] = idx
         coef_out[start:stop] = coef
     return idx_out, coef_out
