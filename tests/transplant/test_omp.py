@@ -61,6 +61,19 @@ def test_exact_target_with_spare_iterations_stays_finite():
         assert torch.isfinite(coef).all()
 
 
+def test_candidate_search_with_spare_iterations_stays_finite():
+    """A target reproduced by 2 atoms, searched with k=5 among 12 candidates: the Gram-Schmidt steps past the
+    reproduction add atoms at coefficient 0 (or directions of no weight), never NaN, and the refit rebuilds x."""
+    torch.manual_seed(8)
+    atoms = torch.randn(60, 16)
+    x = (1.5 * atoms[3] - 0.5 * atoms[17]).unsqueeze(0)
+    for dtype in ("float32", "bfloat16"):
+        idx, coef = batch_omp(x, atoms, 5, candidates=12, dtype=dtype)
+        assert {3, 17} <= set(idx[0].tolist()) and len(set(idx[0].tolist())) == 5
+        assert torch.isfinite(coef).all()
+        torch.testing.assert_close(coef[0] @ atoms[idx[0]], x[0], rtol=1e-4, atol=1e-4)
+
+
 def test_chunking_does_not_change_results():
     torch.manual_seed(2)
     atoms, x = torch.randn(500, 32), torch.randn(77, 32)
