@@ -46,6 +46,37 @@ def test_loss_and_gradients_equal_the_whole_head_at_once(cap, wants, chunks):
     assert h.grad is None or not h.grad[:, 3:5].any()  # the chunk left out gets no gradient
 
 
+def _ce_closed_form(targets, pos, logits):
+    """The chunk's summed cross-entropy and its gradient softmax − one-hot, written out (no autograd)."""
+    t = targets[:, pos]
+    logp = torch.log_softmax(logits, -1)
+    loss = -logp.gather(-1, t[..., None]).sum()
+    return loss, logp.exp() - torch.nn.functional.one_hot(t, logits.shape[-1]).to(logits.dtype)
+
+
+@pytest.mark.parametrize("cap", [None, 2.0])
+def test_a_closed_form_chunk_gradient_gives_the_same_loss_and_gradients(cap):
+    """chunk_grad (the loss's own gradient with respect to the logits) in place of autograd through chunk_loss: the
+    same loss and gradients of hidden and weight as the whole head at once, the softcap's derivative included."""
+    hidden, weight, targets = _data(2)
+    h_ref, w_ref = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+    logits = h_ref @ w_ref.T
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    ref = sum(_ce(targets, pos, logits[:, pos]) for pos in CHUNKS)
+    (0.37 * ref).backward()
+    h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+
+    def never(pos, z):
+        raise AssertionError("chunk_loss must not run when chunk_grad is given")
+
+    got = chunked_head_loss(h, w, never, CHUNKS, cap, chunk_grad=lambda pos, z: _ce_closed_form(targets, pos, z))
+    (0.37 * got).backward()
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(h.grad, h_ref.grad, rtol=1e-6, atol=1e-12)
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-6, atol=1e-12)
+
+
 def test_without_gradients_it_is_the_loss_alone():
     hidden, weight, targets = _data(1)
     calls = []

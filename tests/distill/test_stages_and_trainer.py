@@ -125,20 +125,29 @@ def test_clear_errors(real_tokenizer, tmp_path):
 @pytest.mark.parametrize("arch,name,extra", [("llama", "smollm2-135m", {}),
                                              ("qwen2", "qwen2.5-coder-0.5b", {"tie_word_embeddings": False}),
                                              ("gemma3", "gemma3-270m", {"final_logit_softcapping": 3.0})])
-@pytest.mark.parametrize("teacher_kind", ["online", "topk", "none"])
+@pytest.mark.parametrize("teacher_kind", ["online", "topk", "topk forward_kl", "none"])
 def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokenizer, tmp_path, arch, name, extra,
-                                                                     teacher_kind):
+                                                                     teacher_kind, monkeypatch):
     """The per-chunk checkpointed head (the default) against the model's own full logits: same loss, same gradients,
     with chunks that split the sequence unevenly and one chunk that is masked out entirely; tied and untied heads,
-    and Gemma's logit soft-capping."""
+    and Gemma's logit soft-capping. "topk forward_kl" (plain forward KL on a cached teacher) takes the loss's
+    closed-form gradient (``topk_forward_kl_grad``) instead of autograd in the fused head."""
+    import xtok.distill.trainer as trainer_module
     from xtok.distill.teacher_cache import teacher_topk
+
+    closed_form = []
+    real_grad = trainer_module.topk_forward_kl_grad
+    monkeypatch.setattr(trainer_module, "topk_forward_kl_grad", lambda *a, **kw: closed_form.append(1) or real_grad(*a, **kw))
 
     tok = real_tokenizer(name)
     teacher = build_tiny(arch, tok, seed=1)
     ds = _data(tok, ["hello there world, and more words to fill it", "x"], 11)
     batch = {k: torch.tensor(ds[k]) for k in ds.column_names}
     batch["labels"][:, 3:6] = -100
-    if teacher_kind == "topk":
+    if teacher_kind == "topk forward_kl":  # a peaked teacher: a KL of whole nats, not 1e-5 (two near-uniform tiny
+        with torch.no_grad():  # models), whose float32 noise, eps x the log-probs' size, would swamp a tolerance
+            teacher.get_output_embeddings().weight.mul_(30)  # scaled by the loss itself
+    if teacher_kind.startswith("topk"):
         topk = teacher_topk(teacher, batch["input_ids"], 5, batch_size=2)
         batch |= {"teacher_topk_logprobs": topk.logprobs, "teacher_topk_ids": topk.ids.long(),
                   "teacher_topk_tail": topk.tail, "teacher_topk_temperature": torch.ones(2)}
@@ -146,13 +155,15 @@ def test_fused_head_gives_the_loss_and_gradients_of_the_full_logits(real_tokeniz
     results = []
     for fused in (True, False):
         student = build_tiny(arch, tok, seed=2, **extra)
-        trainer = DistillTrainer(model=student, args=args, train_dataset=ds, loss="ce" if teacher_kind == "none" else "jsd",
-                                 teacher=teacher if teacher_kind == "online" else None, beta=0.3, ce_weight=0.25,
-                                 loss_chunk=3, fused_head=fused)
+        loss = {"none": "ce", "topk forward_kl": "forward_kl"}.get(teacher_kind, "jsd")
+        trainer = DistillTrainer(model=student, args=args, train_dataset=ds, loss=loss,
+                                 teacher=teacher if teacher_kind == "online" else None, beta=0.3,
+                                 ce_weight=0.0 if loss == "forward_kl" else 0.25, loss_chunk=3, fused_head=fused)
         loss = trainer.compute_loss(student, dict(batch))
         loss.backward()
         assert trainer.fused_head is fused  # the check against the model's own logits passed
         results.append((loss.detach(), {n: p.grad.clone() for n, p in student.named_parameters()}))
+    assert bool(closed_form) is (teacher_kind == "topk forward_kl")  # chunks of the fused run, never the full logits
     (l_fused, g_fused), (l_full, g_full) = results
     vocab = student.config.vocab_size  # the longest float32 sum on the way to the loss and every gradient
     assert_float32_close(l_fused, l_full, terms=vocab, what="loss")

@@ -6,7 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from tests.distill.tolerance import EPS32, SAFETY, float32_atol
-from xtok.losses.kd import cross_entropy_sum, distill_loss, teacher_topk_from_logits, topk_distill_loss
+from xtok.losses.kd import (
+    cross_entropy_sum,
+    distill_loss,
+    teacher_topk_from_logits,
+    topk_distill_loss,
+    topk_forward_kl_grad,
+)
 from xtok.registry import LOSSES
 
 
@@ -154,6 +160,58 @@ def test_topk_loss_and_gradient_match_a_float64_dense_reference(case, beta, tau)
         tail_ref, tail_got = s64.grad[rest], s32.grad.double()[rest]
         assert (tail_ref != 0).all() and (tail_got != 0).all()
         torch.testing.assert_close(tail_got, tail_ref, rtol=SAFETY * EPS32 * (1 + L), atol=0.0)
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+@pytest.mark.parametrize("k", [3, 11])
+@pytest.mark.parametrize("case", ["random", "student top-k holds 1-1e-9", "teacher top-k holds 1-1e-9",
+                                  "student tail underflows"])
+def test_closed_form_forward_kl_gradient_matches_the_float64_reference(case, k, tau):
+    """topk_forward_kl_grad's loss and gradient against autograd of the float64 definition (k = V: no tail bucket),
+    with one position masked out (no loss, zero gradient), and a student whose mass outside the top k underflows
+    float32 (its exact log-mass then comes from the logits)."""
+    g = torch.Generator().manual_seed(1)
+    v = 11
+    t = torch.randn(2, 5, v, generator=g, dtype=torch.float64) * 2
+    s = torch.randn(2, 5, v, generator=g, dtype=torch.float64) * 2
+    ids = torch.softmax(t / tau, -1).topk(min(k, v - 1), -1).indices
+    if case.startswith("student top"):
+        s = _shift_tail_mass(s, ids, tau, 1e-9)
+    elif case.startswith("teacher"):
+        t = _shift_tail_mass(t, ids, tau, 1e-9)
+    elif case.startswith("student tail"):
+        s = _shift_tail_mass(s, ids, tau, 1e-50)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 2] = False
+    s64 = s.clone().requires_grad_(True)
+    ref = _masked_bucket_reference(s64, t, k, tau, mask)
+    ref.backward()
+    got, grad = topk_forward_kl_grad(s.float(), teacher_topk_from_logits(t.float(), k, tau), mask, temperature=tau)
+    assert grad.dtype == torch.float32 and grad.shape == s.shape
+    assert not grad[1, 2].any()
+    big = torch.cat([torch.log_softmax(x / tau, -1).abs().flatten() for x in (s, t)]).max().item()
+    L = max(big, -math.log(1e-9)) if case != "student tail underflows" else big
+    torch.testing.assert_close(got.double(), ref.detach(), rtol=0.0, atol=float32_atol(ref, terms=v * 9) * (1 + L))
+    torch.testing.assert_close(grad.double(), s64.grad, rtol=0.0, atol=float32_atol(s64.grad, terms=v) * (1 + L))
+    # and what autograd gives through topk_distill_loss, the loss it replaces
+    s32 = s.float().requires_grad_(True)
+    loss, _ = topk_distill_loss(s32, teacher_topk_from_logits(t.float(), k, tau), mask, beta=0.0, temperature=tau)
+    loss.backward()
+    torch.testing.assert_close(got, loss.detach(), rtol=0.0, atol=float32_atol(loss, terms=v * 9) * (1 + L))
+    torch.testing.assert_close(grad, s32.grad, rtol=0.0, atol=float32_atol(s32.grad, terms=v) * (1 + L))
+
+
+def _masked_bucket_reference(s, t, k, tau, mask):
+    """Forward KL of ``_bucket_reference`` (k < V) or of the full distributions (k = V), over the counted positions."""
+    if k == s.shape[-1]:
+        p, logq = torch.softmax(t / tau, -1), torch.log_softmax(s / tau, -1)
+        return ((p * (p.log() - logq)).sum(-1) * mask).sum() * tau**2
+    total = 0.0
+    for b in range(s.shape[0]):
+        for i in range(s.shape[1]):
+            if mask[b, i]:
+                total = total + _bucket_reference(s[b:b + 1, i:i + 1], t[b:b + 1, i:i + 1], k, tau, 0.0)[0]
+    return total
 
 
 def test_cross_entropy_sum_equals_torch(logits):

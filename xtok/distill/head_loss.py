@@ -29,7 +29,7 @@ def product_weight(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, chunk_loss, chunks, cap):
+    def forward(ctx, hidden, weight, chunk_loss, chunks, cap, chunk_grad):
         want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         acc = torch.promote_types(weight.dtype, torch.float32)  # the head's gradient sums chunks in float32 at least
         grad_h = torch.zeros_like(hidden) if want_h else None  # (B, T, H)
@@ -39,10 +39,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):
             for pos in chunks:
                 h = hidden[:, pos]  # (B, c, H)
-                z = torch.matmul(h.to(w.dtype), w.t()).requires_grad_(True)  # (B, c, V)
-                with torch.enable_grad():
-                    loss = chunk_loss(pos, capped(z, cap))
-                (dz,) = torch.autograd.grad(loss, z)  # (B, c, V)
+                z = torch.matmul(h.to(w.dtype), w.t())  # (B, c, V)
+                if chunk_grad is not None:  # the loss's own closed-form gradient
+                    zc = capped(z.to(acc), cap)
+                    loss, dz = chunk_grad(pos, zc)
+                    if cap:
+                        dz.mul_(1 - (zc / cap) ** 2)  # d cap·tanh(z / cap) / dz
+                    del zc
+                else:
+                    z.requires_grad_(True)
+                    with torch.enable_grad():
+                        loss = chunk_loss(pos, capped(z, cap))
+                    (dz,) = torch.autograd.grad(loss, z)  # (B, c, V)
                 total += loss.detach().to(acc)
                 del z, loss
                 if want_h:
@@ -60,23 +68,27 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             grad_h.mul_(grad_total.to(grad_h.dtype))
         if grad_w is not None:
             grad_w = grad_w.mul_(grad_total.to(grad_w.dtype)).to(ctx.weight_dtype)
-        return grad_h, grad_w, None, None, None
+        return grad_h, grad_w, None, None, None, None
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor,
                       chunk_loss: Callable[[slice, torch.Tensor], torch.Tensor], chunks: Iterable[slice],
-                      cap: float | None = None) -> torch.Tensor:
+                      cap: float | None = None,
+                      chunk_grad: Callable[[slice, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                      ) -> torch.Tensor:
     """The sum over ``chunks`` (increasing slices of T) of ``chunk_loss(pos, logits)``, logits = cap(hidden[:, pos] @
     weight^T) (B, c, V); differentiable in ``hidden`` (B, T, H) and ``weight`` (V, H), with the gradients of a head
     applied to the whole sequence at once. A chunk not listed contributes nothing (for fully masked chunks). Under
-    autocast (a bf16 run) the head's products run in its dtype, the losses and the weight's gradient in float32."""
+    autocast (a bf16 run) the head's products run in its dtype, the losses and the weight's gradient in float32.
+    ``chunk_grad(pos, logits)``, where the loss has one, returns the chunk's loss and its gradient with respect to
+    the (float32) logits in closed form; autograd through ``chunk_loss`` is used otherwise."""
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden states of width {hidden.shape[-1]} and a head of shape {tuple(weight.shape)} differ")
     chunks = [slice(*pos.indices(hidden.shape[1])[:2]) for pos in chunks]
     if any(a.stop > b.start for a, b in zip(chunks, chunks[1:])):
         raise ValueError(f"chunks {chunks} must be increasing slices of the positions that do not overlap")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _ChunkedHeadLoss.apply(hidden, weight, chunk_loss, chunks, cap)
+        return _ChunkedHeadLoss.apply(hidden, weight, chunk_loss, chunks, cap, chunk_grad)
     acc = torch.promote_types(weight.dtype, torch.float32)
     total = hidden.new_zeros((), dtype=acc)
     w = product_weight(hidden, weight)

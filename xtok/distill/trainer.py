@@ -23,7 +23,7 @@ from transformers import Trainer
 from xtok.config.training import LOSS_CHUNK
 from xtok.distill.head_loss import capped, chunked_head_loss
 from xtok.losses.alm import TeacherChunks, token_logprobs
-from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum
+from xtok.losses.kd import TeacherOtherVocab, TeacherTopK, cross_entropy_sum, topk_forward_kl_grad
 from xtok.registry import LOSSES
 
 log = logging.getLogger(__name__)
@@ -267,10 +267,17 @@ class DistillTrainer(Trainer):
                 predicted.append(logits.detach().argmax(-1)[mask[:, pos]])
             return self._loss(logits, part, mask[:, pos], targets[:, pos])[0]
 
+        chunk_grad = None
+        if isinstance(teacher, TeacherTopK) and self.loss_name == "forward_kl" and not self.ce_weight:
+            def chunk_grad(pos, logits):  # the top-k forward KL's closed-form gradient (chunk_loss's value)
+                if self.row_gate is not None:
+                    predicted.append(logits.argmax(-1)[mask[:, pos]])
+                return topk_forward_kl_grad(logits, teacher.positions(pos), mask[:, pos], temperature=self.temperature)
+
         chunks = [p for p in (slice(s, s + self.loss_chunk) for s in range(0, hidden.shape[1], self.loss_chunk))
                   if mask[:, p].any()]
         with self.accelerator.autocast():
-            total = chunked_head_loss(hidden, linear.weight, chunk_loss, chunks, cap)
+            total = chunked_head_loss(hidden, linear.weight, chunk_loss, chunks, cap, chunk_grad)
         return total, mask.sum(), outputs, torch.cat(predicted) if predicted else None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -115,16 +115,8 @@ def topk_distill_loss(
     The student's tail log-mass is a logsumexp over its log-probs outside the top K: exact, and differentiable
     however close the top K comes to holding all the mass.
     """
-    _check(student_logits, tuple(teacher.logprobs.shape), mask, beta, temperature)
-    if not math.isclose(teacher.temperature, temperature, rel_tol=1e-6):
-        raise ValueError(f"the teacher's top-k log-probs were taken at temperature {teacher.temperature} but the loss "
-                         f"runs at temperature {temperature}; rebuild the teacher cache at temperature {temperature} "
-                         f"(xtok distill does so when the config's temperature changes) or set temperature: "
-                         f"{teacher.temperature}")
+    _check_topk(student_logits, teacher, mask, beta, temperature)
     vocab, k = student_logits.shape[-1], teacher.ids.shape[-1]
-    if k > vocab:
-        raise ValueError(f"the teacher's top-{k} exceeds the student's vocabulary of {vocab}; transplant the student "
-                         "to the teacher's tokenizer first (xtok transplant)")
     mask = _full_mask(student_logits, mask)
     total = student_logits.new_zeros((), dtype=torch.float32)
     for m, s_part, t_lp, t_ids, t_tail in _counted_chunks(mask, chunk, student_logits, teacher.logprobs, teacher.ids,
@@ -141,6 +133,83 @@ def topk_distill_loss(
 
 
 _LOG_TINY = math.log(torch.finfo(torch.float32).tiny)
+
+
+def _check_topk(student_logits: torch.Tensor, teacher: TeacherTopK, mask: torch.Tensor | None, beta: float,
+                temperature: float) -> None:
+    _check(student_logits, tuple(teacher.logprobs.shape), mask, beta, temperature)
+    if not math.isclose(teacher.temperature, temperature, rel_tol=1e-6):
+        raise ValueError(f"the teacher's top-k log-probs were taken at temperature {teacher.temperature} but the loss "
+                         f"runs at temperature {temperature}; rebuild the teacher cache at temperature {temperature} "
+                         f"(xtok distill does so when the config's temperature changes) or set temperature: "
+                         f"{teacher.temperature}")
+    if teacher.ids.shape[-1] > student_logits.shape[-1]:
+        raise ValueError(f"the teacher's top-{teacher.ids.shape[-1]} exceeds the student's vocabulary of "
+                         f"{student_logits.shape[-1]}; transplant the student to the teacher's tokenizer first "
+                         "(xtok transplant)")
+
+
+def topk_forward_kl_grad(student_logits: torch.Tensor, teacher: TeacherTopK, mask: torch.Tensor | None = None, *,
+                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``topk_distill_loss(..., beta=0)`` of one chunk of logits (B, c, V), summed over its counted positions, and its
+    gradient with respect to the logits (B, c, V; float32, or float64 for float64 logits), in closed form instead of by
+    autograd.
+
+    With q = softmax(z / τ), p the teacher's K+1 bucket probabilities (its top K and the tail), S = sum of p, and
+    r_j = q_j / q_tail a token's share of the student's mass outside the K, the loss τ² Σ_b p_b (log p_b − log q_b)
+    has the gradient τ (q_j S − p_j) for a top-K token j and τ (q_j S − p_tail r_j) for any other. Computed in a few
+    passes over the (c, V) logits (exp, a sum, a scale, two scatters), against autograd's log-softmax, gather, tail
+    logsumexp and their backward (each a pass or more, and a zero-filled (c, V) gradient per gather). A position whose
+    mass outside the K is below ``TAIL_EXACT`` (its shares would lose precision in q_j / q_tail) is recomputed from
+    its log-probabilities.
+    """
+    _check_topk(student_logits, teacher, mask, 0.0, temperature)
+    b, c, vocab = student_logits.shape
+    k = teacher.ids.shape[-1]
+    counted = _full_mask(student_logits, mask).reshape(-1)
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    z = student_logits.reshape(-1, vocab).to(dtype, copy=True)  # (N, V), becomes q, then the gradient
+    if temperature != 1.0:
+        z.div_(temperature)
+    ids = teacher.ids.reshape(-1, k).long()
+    t_b = teacher.logprobs.reshape(-1, k).to(dtype)  # the teacher's bucket log-probs: its top K (and the tail)
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1)
+    s_b = z.gather(-1, ids) - lse  # (N, K) the student's log-probs there
+    q = z.sub_(lse).exp_()
+    q_top = q.gather(-1, ids)
+    exact = torch.zeros(0, dtype=torch.long)
+    if k < vocab:
+        q.scatter_(-1, ids, 0.0)
+        q_tail = q.sum(-1)  # (N,) the student's mass outside the top K, summed without cancellation
+        exact = torch.nonzero(q_tail < TAIL_EXACT).flatten()
+        s_tail = q_tail.clamp_min(TAIL_EXACT).log()
+        t_b = torch.cat([t_b, teacher.tail.reshape(-1, 1).to(dtype).clamp_min(_LOG_TINY)], -1)
+        mass = t_b.exp()
+        total_p = mass.sum(-1, keepdim=True)  # S
+        q.mul_(total_p - mass[:, -1:] / q_tail.clamp_min(TAIL_EXACT)[:, None])
+    else:
+        mass = t_b.exp()
+        total_p = mass.sum(-1, keepdim=True)
+    q.scatter_(-1, ids, q_top * total_p - mass[:, :k])
+    if len(exact):  # from the log-probabilities: the tail's log-mass and each token's share of it
+        logp = torch.log_softmax(student_logits.reshape(-1, vocab)[exact].to(dtype) / temperature, dim=-1)
+        rest = logp.scatter(-1, ids[exact], float("-inf"))
+        s_tail[exact] = torch.logsumexp(rest, dim=-1)
+        share = (rest - s_tail[exact, None]).exp()  # 0 at the top K
+        grad = logp.exp() * total_p[exact] - mass[exact, -1:] * share
+        q[exact] = grad.scatter(-1, ids[exact], q_top[exact] * total_p[exact] - mass[exact, :k])
+    if k < vocab:
+        s_b = torch.cat([s_b, s_tail[:, None]], -1)
+    loss = (mass * (t_b - s_b)).sum(-1)[counted].sum() * temperature**2
+    if temperature != 1.0:
+        q.mul_(temperature)
+    if not bool(counted.all()):
+        q[~counted] = 0.0
+    return loss, q.reshape(b, c, vocab)
+
+
+TAIL_EXACT = 1e-12  # a student tail mass below this is recomputed from log-probabilities (float32 q_j / q_tail loses
+# relative precision as q_tail nears float32's smallest normal numbers, 1.2e-38: entries below them are denormal)
 
 
 def _tail_logmass(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
