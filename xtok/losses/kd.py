@@ -149,6 +149,10 @@ def _check_topk(student_logits: torch.Tensor, teacher: TeacherTopK, mask: torch.
                          "(xtok transplant)")
 
 
+TAIL_EXACT = 1e-12  # a student tail mass below this is recomputed from log-probabilities (float32 q_j / q_tail loses
+# relative precision as q_tail nears float32's smallest normal numbers, 1.2e-38: entries below them are denormal)
+
+
 def topk_forward_kl_grad(student_logits: torch.Tensor, teacher: TeacherTopK, mask: torch.Tensor | None = None, *,
                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``topk_distill_loss(..., beta=0)`` of one chunk of logits (B, c, V), summed over its counted positions, and its
@@ -206,10 +210,6 @@ def topk_forward_kl_grad(student_logits: torch.Tensor, teacher: TeacherTopK, mas
     if not bool(counted.all()):
         q[~counted] = 0.0
     return loss, q.reshape(b, c, vocab)
-
-
-TAIL_EXACT = 1e-12  # a student tail mass below this is recomputed from log-probabilities (float32 q_j / q_tail loses
-# relative precision as q_tail nears float32's smallest normal numbers, 1.2e-38: entries below them are denormal)
 
 
 def _tail_logmass(logp: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
