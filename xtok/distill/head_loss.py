@@ -40,8 +40,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             for pos in chunks:
                 h = hidden[:, pos]  # (B, c, H)
                 z = torch.matmul(h.to(w.dtype), w.t())  # (B, c, V)
-                if chunk_grad is not None:  # the loss's own closed-form gradient
-                    zc = capped(z.to(acc), cap)
+                if chunk_grad is not None:  # the loss's own closed-form gradient (it makes its own float32 copy)
+                    zc = capped(z.to(acc), cap) if cap else z
                     loss, dz = chunk_grad(pos, zc)
                     if cap:
                         dz.mul_(1 - (zc / cap) ** 2)  # d cap·tanh(z / cap) / dz
@@ -81,7 +81,8 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor,
     applied to the whole sequence at once. A chunk not listed contributes nothing (for fully masked chunks). Under
     autocast (a bf16 run) the head's products run in its dtype, the losses and the weight's gradient in float32.
     ``chunk_grad(pos, logits)``, where the loss has one, returns the chunk's loss and its gradient with respect to
-    the (float32) logits in closed form; autograd through ``chunk_loss`` is used otherwise."""
+    the logits (in the products' dtype: bf16 under a bf16 run) in closed form, as a new float32 tensor at least, and
+    must not modify ``logits``; autograd through ``chunk_loss`` is used otherwise."""
     if hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden states of width {hidden.shape[-1]} and a head of shape {tuple(weight.shape)} differ")
     chunks = [slice(*pos.indices(hidden.shape[1])[:2]) for pos in chunks]
