@@ -62,10 +62,6 @@ def timed_transplant(precision: str, omp_dtype: str, out: Path, source: Path | N
             "stages_seconds": stages, "calibration": {k: v for k, v in prior.items() if k != "seconds"}}
 
 
-def _folder(name: str) -> str:
-    return name.replace(" ", "_").replace(",", "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--precision", nargs="+", default=["float32", "bf16"], choices=["float32", "bf16", "auto"],
@@ -96,28 +92,28 @@ def main() -> None:
     result["data"] = {"validation": {"docs": len(val_texts), "chars": sum(map(len, val_texts))},
                       "eval": {"spec": "bundled:eval", "docs": len(ev_texts), "chars": sum(map(len, ev_texts))}}
     work = Path(tempfile.mkdtemp(prefix="bench-transplant-time-"))
-    names = []
+    folders: dict[str, Path] = {}  # each run's output, by its name in the JSON
     if args.baseline_rev:
         tree = work / "baseline-src"
         subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), args.baseline_rev], check=True)
         rev = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              check=True).stdout.strip()
         name = f"baseline {rev}: float32 calibration, float32 OMP"
-        names.append(name)
-        run = timed_transplant("float32", "float32", work / "baseline", source=tree)
+        folders[name] = work / "baseline"
+        run = timed_transplant("float32", "float32", folders[name], source=tree)
         print(name, {k: v for k, v in run.items() if k != "command"}, flush=True)
         result["runs"][name] = run
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=True)
     for precision, omp_dtype in settings:
         name = precision if args.omp_dtype == ["float32"] else f"{precision} calibration, {omp_dtype} OMP"
-        names.append(name)
-        run = timed_transplant(precision, omp_dtype, work / _folder(name))
+        folders[name] = work / name.replace(" ", "_").replace(",", "")
+        run = timed_transplant(precision, omp_dtype, folders[name])
         print(name, {k: v for k, v in run.items() if k != "command"}, flush=True)
         result["runs"][name] = run
         write_json(args.out, result)
-    base = next((result["runs"][n] for n in names if n.startswith("baseline")), None)
+    base = next((result["runs"][n] for n in folders if n.startswith("baseline")), None)
     if base is not None:
-        for name in names:
+        for name in folders:
             run = result["runs"][name]
             run["wall_vs_baseline"] = round(run["wall_seconds"] / base["wall_seconds"], 3)
             run["omp_vs_baseline"] = round(run["stages_seconds"]["input rows (OMP)"]
@@ -128,8 +124,8 @@ def main() -> None:
                  "eval": score(student, s_tok, ev_texts, ev_domains)}
     result["untouched"] = {split: public(v) for split, v in untouched.items()}
     del student
-    for name in names:
-        model, tok = load_model(str(work / ("baseline" if name.startswith("baseline") else _folder(name))))
+    for name, folder in folders.items():
+        model, tok = load_model(str(folder))
         for split, (texts, domains) in {"validation": (val_texts, val_domains), "eval": (ev_texts, ev_domains)}.items():
             entry = public(score(model, tok, texts, domains, untouched[split]))
             result["runs"][name][split] = entry

@@ -82,7 +82,7 @@ def transplant_cmd(
                                                               "shares as one map, moving the families the fit text "
                                                               "reaches (seen) or all [default: off]")] = None,
     calibration_precision: Annotated[Optional[str], typer.Option(help="the calibration's forward passes: float32, bf16, "
-                                                                 "auto (bf16 where it is fast: CUDA, AMX) [default: "
+                                                                 "auto (bf16 where it is fast: CUDA, AMX, avx512_bf16) [default: "
                                                                  "float32]")] = None,
     head_context: Annotated[Optional[float], typer.Option(help="subword-prior: weight of the context term (the "
                                                           "teacher's in-family preference, mapped) [default: 0, off]")] = None,
