@@ -178,7 +178,10 @@ def main() -> None:
     ap.add_argument("--head-rows", default="batch", choices=["batch", "all"], help="new_rows stage training the head: "
                     "which head rows a step moves")
     ap.add_argument("--variants", nargs="+", default=None, help="instead of --losses: heals to compare, each "
-                    "LOSS[:SPACES[:HEAD_ROWS]] (SPACES input, output or input+output), e.g. ce ce:input+output:batch")
+                    "LOSS[:SPACES[:HEAD_ROWS[:MAP_LR]]] (SPACES input, output or input+output; MAP_LR the stage's "
+                    "map_lr, the donor's map), e.g. ce ce:input+output:batch ce:input+output:batch:3e-4")
+    ap.add_argument("--eval-all", action="store_true", help="score every heal variant on the eval split, not only the "
+                    "one validation chose")
     ap.add_argument("--reuse", default=None, help="a heal JSON of an earlier run: keep its transplant, validation and "
                     "zero-shot sections (with --transplanted, its saved transplant) and redo the heal part")
     ap.add_argument("--transplanted", default=None, help="the transplant folder the --reuse run saved")
@@ -311,15 +314,16 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
     curve_file.write_text("".join(json.dumps({"text": t, "domain": d}) + "\n" for t, d in zip(val_texts, val_domains)))
     variants = {}
     for text in args.variants or args.losses:
-        loss, spaces, head_rows = (text.split(":") + ["", ""])[:3]
+        loss, spaces, head_rows, map_lr = (text.split(":") + ["", "", ""])[:4]
         spaces = spaces.split("+") if spaces else args.row_spaces
-        variants[text] = (loss, spaces, head_rows or args.head_rows)
+        variants[text] = (loss, spaces, head_rows or args.head_rows, float(map_lr) if map_lr else None)
     healed_dirs = {}
-    for name, (loss, spaces, head_rows) in variants.items():
-        cfg = HealConfig(model=str(path), original=args.student, out=str(work / f"healed-{name.replace(':', '-')}"),
+    for name, (loss, spaces, head_rows, map_lr) in variants.items():
+        cfg = HealConfig(model=str(path), original=args.student, donor=args.teacher,
+                         out=str(work / f"healed-{name.replace(':', '-')}"),
                          loss=loss, stages=[StageConfig(train="new_rows", steps=args.steps, learning_rate=args.lr,
                                                         scheduler="constant_with_warmup", warmup_ratio=0.05,
-                                                        row_spaces=spaces, head_rows=head_rows)],
+                                                        row_spaces=spaces, head_rows=head_rows, map_lr=map_lr)],
                          curve_data={"spec": str(curve_file)}, curve_steps=max(1, args.steps // args.curve_points),
                          save_steps=10**6, precision=args.precision, fused_head=not args.full_logits,
                          max_minutes=args.minutes)
@@ -338,13 +342,15 @@ def heal_section(args, result, evals, student, s_tok, path, work, val_texts, val
         print(json.dumps(result["heal"][name]["curve"], indent=1))
     best = min(variants, key=lambda name: result["heal"][name]["curve"][-1]["overall"])
     result["heal_chosen_on_validation"] = best
-    healed, h_tok = load_model(str(healed_dirs[best]))
-    loss, spaces, head_rows = variants[best]
-    rows = "+".join(spaces) + (f" rows, head_rows {head_rows}" if "output" in spaces else " rows")
-    steps = result["heal"][best]["steps"]
-    name = f"healed ({loss}, {steps} steps, {rows}{', ' + args.precision if args.precision != 'float32' else ''})"
-    result["eval"][name] = public(score(healed, h_tok, ev_texts, ev_domains, evals["untouched"]))
-    write_json(args.out, result)
+    for variant in variants if args.eval_all else [best]:
+        healed, h_tok = load_model(str(healed_dirs[variant]))
+        loss, spaces, head_rows, map_lr = variants[variant]
+        rows = "+".join(spaces) + (f" rows, head_rows {head_rows}" if "output" in spaces else " rows")
+        rows += f", donor map {map_lr:g}" if map_lr else ""
+        steps = result["heal"][variant]["steps"]
+        name = f"healed ({loss}, {steps} steps, {rows}{', ' + args.precision if args.precision != 'float32' else ''})"
+        result["eval"][name] = public(score(healed, h_tok, ev_texts, ev_domains, evals["untouched"]))
+        write_json(args.out, result)
     return healed_dirs[best]
 
 

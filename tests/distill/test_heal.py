@@ -1,6 +1,7 @@
 """xtok heal on tiny models with real tokenizers: what it trains, the curve, resuming, bad input."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -17,13 +18,14 @@ from xtok.transplant.apply import save_transplant, transplant
 
 @pytest.fixture(scope="module")
 def pair(tiny_model_dir, real_tokenizer, tmp_path_factory):
-    """(transplanted folder, original folder): a tiny Qwen2 given SmolLM2's tokenizer, training-free."""
+    """(transplanted folder, original folder): a tiny Qwen2 given SmolLM2's tokenizer, training-free; its provenance
+    names a tiny SmolLM2 as the teacher (the heal's default donor map reads its rows)."""
     original = tiny_model_dir("qwen2.5-coder-0.5b")
     model = AutoModelForCausalLM.from_pretrained(original)
     smol = real_tokenizer("smollm2-135m")
     moved, report = transplant(model, load_tokenizer(str(original)), smol, method="subword", head_method="subword")
     out = tmp_path_factory.mktemp("heal") / "transplanted"
-    save_transplant(moved, smol, out, report)
+    save_transplant(moved, smol, out, report, config={"teacher": str(tiny_model_dir("smollm2-135m"))})
     return out, original
 
 
@@ -93,6 +95,45 @@ def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file
     curve = json.loads((out / CURVE_FILE).read_text())
     assert [p["step"] for p in curve] == [0, 2, 3] and set(curve[0]["bits_per_byte"]) == {"code", "prose"}
     assert curve[0]["tokens"] == 0 and curve[-1]["tokens"] == 3 * 2 * 16
+
+
+def test_heal_map_moves_every_new_row_and_nothing_the_original_has(pair, tmp_path, data_file, tiny_model_dir):
+    """map_lr: the donor's map moves the rows of every new token, those the data never shows too; the original's rows
+    and every other weight stay as they were."""
+    from xtok.vocab.shared import build_token_map
+
+    donor = tiny_model_dir("smollm2-135m")  # the model whose tokenizer the pair was given: its provenance's teacher
+    stage = {"train": "new_rows", "steps": 2, "learning_rate": 1e-2, "scheduler": "constant", "map_lr": 1e-2}
+    out, report = run_heal(_cfg(pair, tmp_path, data_file, stages=[stage]))
+    before, after = AutoModelForCausalLM.from_pretrained(pair[0]), AutoModelForCausalLM.from_pretrained(out)
+    tok, orig_tok = load_tokenizer(str(pair[0])), load_tokenizer(str(pair[1]))
+    rows = changed_rows(before, tok, AutoModelForCausalLM.from_pretrained(pair[1]), orig_tok)
+    new = torch.zeros_like(rows["input"])
+    new[build_token_map(tok, orig_tok).new_teacher_ids] = True
+    from xtok.distill.data import training_blocks
+
+    held = torch.zeros_like(new)
+    held[training_blocks(tok, _cfg(pair, tmp_path, data_file).data, 16, 6).flatten()] = True
+    assert (new & ~held).sum() > 1000  # most new tokens are not in the data
+    for space, get in (("input", "get_input_embeddings"), ("output", "get_output_embeddings")):
+        moved = (getattr(before, get)().weight != getattr(after, get)().weight).any(1)
+        assert moved[new].all() and not (moved & ~rows[space]).any(), space
+    b1 = dict(after.named_parameters())
+    emb = {id(before.get_input_embeddings().weight), id(before.get_output_embeddings().weight)}
+    assert all(torch.equal(p, b1[n]) for n, p in before.named_parameters() if id(p) not in emb)
+    width, donor_width = before.config.hidden_size, AutoModelForCausalLM.from_pretrained(donor).config.hidden_size
+    want = sum(int(rows[s].sum()) * width for s in ("input", "output")) + 2 * donor_width * width  # rows and two maps
+    assert report["stages"][0]["trainable_parameters"] == want
+    with pytest.raises(ValueError, match="another tokenizer than"):  # the original's is not the transplant's
+        run_heal(_cfg(pair, tmp_path, data_file, donor=str(pair[1]), stages=[stage], overwrite=True))
+    unnamed = tmp_path / "unnamed"  # a transplant whose folder does not say what it was given
+    shutil.copytree(pair[0], unnamed)
+    (unnamed / "xtok_provenance.json").unlink()
+    with pytest.raises(ValueError, match="does not name the teacher of its transplant"):
+        run_heal(_cfg((unnamed, pair[1]), tmp_path, data_file, stages=[stage], out=str(tmp_path / "h")))
+    assert not (tmp_path / "h").exists() and not list(tmp_path.glob(".h*"))  # nothing half-written
+    with pytest.raises(ValueError, match="map_lr trains a map of a transplant's new rows"):
+        _cfg(pair, tmp_path, data_file, stages=[{**stage, "train": "full"}])
 
 
 def test_heal_cli_and_its_bad_input(pair, tmp_path, data_file, tiny_model_dir):

@@ -82,8 +82,9 @@ def test_prepare_stage_gives_row_adam_its_rows_and_freezes_a_matrix_without_any(
     masks = {"input": torch.zeros(v, dtype=torch.bool), "output": torch.zeros(v, dtype=torch.bool)}
     masks["input"][[5, 9]] = True
     masks["output"][[1]] = True
-    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["input"], head_rows="batch")
-    model, names, n, trained, gate = prepare_stage(model, stage, masks)
+    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["input"], head_rows="batch", map_lr=None)
+    model, names, n, trained, gate, maps = prepare_stage(model, stage, masks)
+    assert maps == []
     emb, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     assert len(trained) == 1 and trained[0][0] is emb and trained[0][1].tolist() == [5, 9]
     assert n == 2 * emb.shape[1] and emb.requires_grad and not head.requires_grad and names == ["model.embed_tokens.weight"]
@@ -168,8 +169,8 @@ def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_toke
     expect[predicted] = True
     expect &= trainable
 
-    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["output"], head_rows="batch")
-    model, _, _, trained, gate = prepare_stage(model, stage, masks)
+    stage = SimpleNamespace(train="new_rows", weight_decay=0.0, row_spaces=["output"], head_rows="batch", map_lr=None)
+    model, _, _, trained, gate, _ = prepare_stage(model, stage, masks)
     assert gate is not None
     args = TrainingArguments(output_dir=str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=1,
                              learning_rate=1e-3, lr_scheduler_type="constant", report_to=[], use_cpu=True,
@@ -186,7 +187,7 @@ def test_head_rows_batch_moves_only_the_rows_a_batch_holds_or_predicts(real_toke
     # head_rows: all (the old behaviour): every trained row moves, the data shows its token or not
     model = build_tiny("qwen2", tok, seed=4)
     stage.head_rows = "all"
-    model, _, _, trained, gate = prepare_stage(model, stage, masks)
+    model, _, _, trained, gate, _ = prepare_stage(model, stage, masks)
     assert gate is None
     DistillTrainer(model=model, args=args, train_dataset=ds, loss="ce", trained_rows=trained).train()
     moved = ((model.get_output_embeddings().weight.detach() - head0) != 0).any(1)

@@ -188,7 +188,8 @@ class EndToEndConfig(Strict):
                                                 "out": out, "overwrite": True})
 
     def heal_config(self, model: str, out: str) -> HealConfig:
-        return HealConfig.model_validate({**(self.heal or {}), "model": model, "original": self.student, "out": out})
+        return HealConfig.model_validate({"donor": self.teacher, **(self.heal or {}), "model": model,
+                                          "original": self.student, "out": out})
 
     def distill_config(self, student: str, out: str) -> DistillConfig:
         return DistillConfig.model_validate({**self.distill, "student": student, "teacher": self.teacher, "out": out})

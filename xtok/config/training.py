@@ -11,6 +11,8 @@ from xtok.registry import LOSSES
 
 LOSS_CHUNK = 16  # positions per chunk of the loss (distill and heal, and DistillTrainer's default)
 
+DONOR_HELP = ("new_rows stages with map_lr: the model whose tokenizer the transplant gave (its embedding and head rows "
+              "of the new tokens feed the map); default: the donor or teacher named in the student's xtok_provenance.json")
 PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, weights, optimizer and losses in float32; fast on a GPU "
                   "and on CPUs with AMX or avx512_bf16, ~300x slower than float32 on AVX2-only CPUs), or auto (bf16 where it is fast)")
 
@@ -36,9 +38,21 @@ class StageConfig(Strict):
         "targets) or the model predicts first somewhere in it, with the gradient those rows get; their Adam moments "
         "move only then (lazy Adam), so a token the data never shows keeps its row; all = every trained row takes "
         "its softmax gradient at every step")
+    map_lr: float | None = Field(None, gt=0, description="new_rows only: also train one linear map shared by every new "
+                                 "row, from the donor's rows of the new tokens (row += donor row x map; "
+                                 "xtok.distill.row_map), at this learning rate, so the rows of tokens the data never "
+                                 "shows move too; null = off. The heal's default, 3e-4, was chosen on validation "
+                                 "(bench/results/heal_map.json: 36 steps, overall 1.689 -> 1.595 with it, 1.647 without)")
     lora_rank: int = Field(16, ge=1, description="lora only")
     lora_alpha: int = Field(32, ge=1, description="lora only")
     lora_targets: str | list[str] = Field("all-linear", description="lora only: peft target_modules")
+
+    @model_validator(mode="after")
+    def _map_on_new_rows(self) -> StageConfig:
+        if self.map_lr is not None and self.train != "new_rows":
+            raise ValueError(f"map_lr trains a map of a transplant's new rows; a {self.train} stage has none: set it on "
+                             "a new_rows stage, or remove it")
+        return self
 
 
 class TeacherCacheConfig(Strict):
@@ -74,6 +88,7 @@ class DistillConfig(Strict):
     teacher: str | None = Field(None, description="not needed for loss: ce")
     original: str | None = Field(None, description="the model the student was transplanted from: new_rows stages "
                                  "train the rows it lacks or the transplant changed")
+    donor: str | None = Field(None, description=DONOR_HELP)
     out: str
     data: DataConfig = DataConfig(spec="bundled:train")
     seq_len: int = Field(256, ge=8, description="tokens per packed training sequence")
@@ -137,6 +152,7 @@ class HealConfig(Strict):
     recipe: Literal["heal"] = "heal"
     model: str = Field(description="the transplanted model (xtok transplant's output)")
     original: str = Field(description="the model it was transplanted from, with its own tokenizer")
+    donor: str | None = Field(None, description=DONOR_HELP)
     out: str
     data: DataConfig = DataConfig(spec="bundled:train")
     loss: LossName = Field("ce", description="ce (next-token cross-entropy on the text, TokAlign's stage 1) or alm "
@@ -149,8 +165,8 @@ class HealConfig(Strict):
     batch_size: int = Field(2, ge=1)
     grad_accum: int = Field(2, ge=1)
     stages: list[StageConfig] = Field(default_factory=lambda: [StageConfig(
-        train="new_rows", steps=200, learning_rate=1e-3, scheduler="constant_with_warmup", warmup_ratio=0.05)],
-        min_length=1)
+        train="new_rows", steps=200, learning_rate=1e-3, scheduler="constant_with_warmup", warmup_ratio=0.05,
+        map_lr=3e-4)], min_length=1)
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget of the training")
     curve_data: DataConfig | None = Field(None, description="held-out text scored (bits per byte per domain) at the "
                                           "start and every curve_steps steps: the curve in heal_curve.json")
@@ -175,7 +191,8 @@ class HealConfig(Strict):
     def distill_config(self) -> DistillConfig:
         """The distill job that runs this heal."""
         teacher = self.original if LOSSES.meta(self.loss).get("needs_teacher", True) else None
-        return DistillConfig(student=self.model, teacher=teacher, original=self.original, out=self.out, data=self.data,
+        return DistillConfig(student=self.model, teacher=teacher, original=self.original, donor=self.donor, out=self.out,
+                             data=self.data,
                              seq_len=self.seq_len, max_sequences=self.max_sequences, batch_size=self.batch_size,
                              grad_accum=self.grad_accum, loss=self.loss, temperature=self.temperature,
                              ce_weight=self.ce_weight, teacher_cache=TeacherCacheConfig(top_k=None), stages=self.stages,

@@ -6,7 +6,9 @@ made; the others get zero gradients. ``torch.optim.AdamW`` would still keep two 
 for a 152k-token vocabulary at width 576 that is 0.7 GB per matrix, most of it for rows that never move. ``RowAdam``
 keeps (R, d) moments for the R trained rows of each matrix and updates only those rows, with the arithmetic of
 ``torch.optim.Adam`` (no weight decay: a ``new_rows`` stage refuses it), so a run matches AdamW's to float32 rounding
-(tested). A checkpoint holds the moments; the rows are the stage's, computed again on resume.
+(tested). A checkpoint holds the moments; the rows are the stage's, computed again on resume. ``maps`` (a ``new_rows``
+stage with ``map_lr``, ``xtok.distill.row_map``) adds each map's Adam step, at its own learning rate, applied to every
+new row.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ import torch
 
 class RowAdam(torch.optim.Optimizer):
     def __init__(self, params_and_rows: list[tuple[torch.nn.Parameter, torch.Tensor]], lr: float = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, lazy: list[torch.nn.Parameter] = ()):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, lazy: list[torch.nn.Parameter] = (),
+                 maps: list = (), map_lr: float | None = None):
         """``params_and_rows``: each trained matrix with the (R,) long ids of its rows that train. ``lazy``: matrices
         of those whose rows move, and whose moments change, only at the steps where the row has a nonzero gradient
         (TF's LazyAdam, torch's SparseAdam; the head under ``head_rows: batch``); the others are plain Adam, where a
-        zero gradient still decays the moments and the momentum still moves the row."""
+        zero gradient still decays the moments and the momentum still moves the row. ``maps``: ``DonorMap``s, each a
+        parameter group of its own at ``map_lr`` (a scheduler scales it as it scales ``lr``)."""
         if lr < 0 or eps < 0 or not all(0 <= b < 1 for b in betas):
             raise ValueError(f"RowAdam lr={lr}, betas={betas}, eps={eps}: need lr >= 0, eps >= 0, betas in [0, 1)")
         params = [p for p, _ in params_and_rows]
@@ -35,6 +39,12 @@ class RowAdam(torch.optim.Optimizer):
         self._lazy = {id(p) for p in lazy}
         if any(all(p is not q for q in params) for p in lazy):
             raise ValueError("RowAdam lazy: every lazy matrix must be one of the trained ones")
+        if maps and not (map_lr and map_lr > 0):
+            raise ValueError(f"RowAdam maps need map_lr > 0, got {map_lr}")
+        self._maps = {}
+        for m in maps:
+            self._maps[m.param] = m
+            self.add_param_group({"params": [m.param], "lr": map_lr})
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -42,6 +52,9 @@ class RowAdam(torch.optim.Optimizer):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
+                    continue
+                if p in self._maps:
+                    self._map_step(p, group)
                     continue
                 state, rows = self.state[p], self._rows[p]
                 if "exp_avg" not in state:
@@ -55,6 +68,22 @@ class RowAdam(torch.optim.Optimizer):
                 else:
                     _adam_rows(p, rows, g, state, state["step"], group)
         return loss
+
+    def _map_step(self, p, group: dict) -> None:
+        """Adam's step on a map's gradient (``p.grad``, summed by its hook), applied to its rows; the gradient is
+        cleared here (the map is no model parameter: the Trainer's ``zero_grad`` does not reach it)."""
+        state = self.state[p]
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        (b1, b2), m, v, step = group["betas"], state["exp_avg"], state["exp_avg_sq"], state["step"]
+        m.lerp_(p.grad, 1 - b1)
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(group["eps"])
+        self._maps[p].apply(m / denom * (-group["lr"] / (1 - b1 ** step)))
+        p.grad = None
 
 
 def _closure_loss(closure):

@@ -118,19 +118,22 @@ def _save_model(model, tokenizer, folder: Path) -> None:
 
 
 def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, teacher, dataset, run: Path,
-               state: PartialState, callbacks, progress: bool, rows=None, budget: TimeBudget | None = None) -> dict:
+               state: PartialState, callbacks, progress: bool, rows=None, budget: TimeBudget | None = None,
+               donor=None) -> dict:
     folder = run / "stages" / stage_name(i, stage)
     model, _ = load_model(model_spec)
     model.config.use_cache = False
-    model, trainable, n_train, trained_rows, row_gate = prepare_stage(model, stage, rows)
-    log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(trainable), n_train / 1e6,
-             stage.steps)
+    setup = prepare_stage(model, stage, rows, donor)
+    model = setup.model
+    log.info("%s: training %d tensors (%.1fM parameters) for %d steps", stage_name(i, stage), len(setup.names),
+             setup.parameters / 1e6, stage.steps)
     args = _training_args(cfg, stage, folder, progress)
     trainer = DistillTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, teacher=teacher,
                              loss=cfg.loss, beta=cfg.beta, temperature=cfg.temperature, ce_weight=cfg.ce_weight,
                              loss_chunk=cfg.loss_chunk, on_policy=cfg.on_policy.lmbda, prompt_tokens=cfg.on_policy.prompt_tokens,
                              sample_temperature=cfg.on_policy.temperature, fused_head=cfg.fused_head,
-                             trained_rows=trained_rows, row_gate=row_gate,
+                             trained_rows=setup.trained_rows, row_gate=setup.gate, maps=setup.maps,
+                             map_lr=stage.map_lr,
                              callbacks=list(callbacks) + ([budget] if budget is not None else []))
     if not progress:  # quiet as a library: the losses are in the returned log_history
         trainer.remove_callback(PrinterCallback)
@@ -146,8 +149,8 @@ def _run_stage(cfg: DistillConfig, i: int, stage, model_spec: str, tokenizer, te
     summary = {
         "stage": stage_name(i, stage), "train": stage.train, "steps": trainer.state.global_step,
         "steps_planned": stage.steps, "stopped_by_budget": bool(budget is not None and budget.hit),
-        "trainable_tensors": len(trainable),
-        "trainable_parameters": n_train, "optimizer": optimizer_name,
+        "trainable_tensors": len(setup.names),
+        "trainable_parameters": setup.parameters, "optimizer": optimizer_name,
         "train_loss": result.training_loss, "seconds": round(seconds, 2),
         "tokens_per_second": tokens / seconds if seconds else None, "resumed_from": ckpt and Path(ckpt).name,
         "log_history": trainer.state.log_history,
@@ -204,6 +207,38 @@ def _changed_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -
     return rows
 
 
+def donor_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -> tuple[torch.Tensor, dict]:
+    """What ``map_lr`` needs: the ids of the tokens ``cfg.original`` lacks, and the donor's rows of them by role
+    (``cfg.donor``, else the donor or teacher in the student's ``xtok_provenance.json``), the donor's tokenizer checked
+    to be the student's."""
+    from xtok.transplant.stream import donor_matrices
+    from xtok.vocab.shared import build_token_map
+
+    spec = cfg.donor
+    if spec is None:
+        record = Path(student_spec) / "xtok_provenance.json"
+        made = (json.loads(record.read_text()).get("config") or {}) if record.is_file() else {}
+        spec = made.get("donor") or made.get("teacher")  # a heal's or distill run's record, or a transplant's
+        if spec is None:
+            raise ValueError(f"map_lr needs a donor and {cfg.student} does not name the teacher of its transplant (no "
+                             "xtok_provenance.json with one): set donor, the model whose tokenizer it was given, or "
+                             "map_lr: null")
+    folder = resolve_model(spec, cache_dir)
+    if vocab_fingerprint(load_tokenizer(folder)) != vocab_fingerprint(tokenizer):
+        raise ValueError(f"donor {spec} has another tokenizer than {cfg.student}: give as donor the model whose "
+                         "tokenizer the transplant gave")
+    original = load_tokenizer(resolve_model(cfg.original, cache_dir))
+    ids = build_token_map(tokenizer, original).new_teacher_ids
+    rows = {}
+    for role, matrix in donor_matrices(folder).items():  # only the new tokens' rows are kept
+        if len(ids) and int(ids.max()) >= matrix.shape[0]:
+            raise ValueError(f"donor {spec}'s {role} matrix has {matrix.shape[0]} rows but the new tokens reach id "
+                             f"{int(ids.max())}: give as donor the model whose tokenizer the transplant gave")
+        rows[role] = matrix.index_select(0, ids)
+    log.info("map_lr: the donor's rows of %d new tokens from %s", len(ids), spec)
+    return ids, rows
+
+
 def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tuple[Path, dict]:
     check_launch()  # before any model is loaded
     # Without a GPU, say so: only then do accelerate and the Trainer treat a torchrun/accelerate launch as CPU DDP (gloo).
@@ -218,6 +253,8 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         teacher_tok = load_tokenizer(teacher_spec)
         if meta.get("same_vocab", True):
             check_tokenizers(tokenizer, teacher_tok, cfg.student, cfg.teacher)
+    # before the run folder exists: a bad donor leaves nothing behind
+    donor = donor_rows(cfg, student_spec, tokenizer, cache_dir) if any(s.map_lr for s in cfg.stages) else None
     run = _open_run(cfg, out, state)
     t0 = time.perf_counter()
     with state.main_process_first():  # the main process packs the blocks file, the others map it
@@ -267,7 +304,7 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
             continue
         else:
             summaries.append(_run_stage(cfg, i, stage, model_spec, tokenizer, teacher, dataset, run, state, callbacks,
-                                        progress, rows, budget))
+                                        progress, rows, budget, donor))
         model_spec = str(folder / "model")
     report = {"student": cfg.student, "teacher": cfg.teacher, "loss": cfg.loss, "sequences": len(blocks),
               "generations": cfg.generations and cfg.generations.model_dump(),

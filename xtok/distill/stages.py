@@ -14,7 +14,11 @@ softmax gradient reaches every row, and Adam would move each new row by about th
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+
+from xtok.distill.row_map import DonorMap, donor_maps
 
 STAGES = ("embeddings", "new_rows", "full", "lora")
 SPACES = (("input", "get_input_embeddings"), ("output", "get_output_embeddings"))  # a space, its accessor
@@ -137,12 +141,25 @@ def _row_masks(model, rows: dict[str, torch.Tensor]) -> dict[int, tuple[torch.nn
     return masks
 
 
-def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None
-                  ) -> tuple[object, list[str], int, list | None, BatchRows | None]:
-    """The model to train in ``stage`` (a StageConfig), the names of its trainable parameters, how many parameters
-    train (a ``new_rows`` stage: only its rows' entries; it needs the ``rows`` masks from ``changed_rows``) and, for a
-    ``new_rows`` stage, each matrix with its trained row ids (for ``RowAdam``; None for the other stages) and, where
-    head rows train under ``head_rows: batch``, the ``BatchRows`` gate the loss must feed (else None)."""
+class StageSetup(NamedTuple):
+    """What ``prepare_stage`` sets up: the model to train, the names of its trainable parameters, how many parameters
+    train (a ``new_rows`` stage: its rows' entries, and its maps'), and for a ``new_rows`` stage each matrix with its
+    trained row ids (for ``RowAdam``), the ``BatchRows`` gate the loss must feed where head rows train under
+    ``head_rows: batch``, and the ``DonorMap``s of ``map_lr`` (None, None, [] for the other stages)."""
+
+    model: object
+    names: list[str]
+    parameters: int
+    trained_rows: list | None
+    gate: BatchRows | None
+    maps: list[DonorMap]
+
+
+def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None,
+                  donor: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None) -> StageSetup:
+    """Set ``model`` up for ``stage`` (a StageConfig). A ``new_rows`` stage needs the ``rows`` masks from
+    ``changed_rows``, and with ``map_lr`` the ``donor``: the new tokens' ids and the donor's rows of them by space
+    (``xtok.distill.run.donor_rows``)."""
     if stage.train == "new_rows":
         if rows is None:
             raise ValueError("a new_rows stage trains the rows a transplant made: set original (the model it was "
@@ -150,6 +167,14 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None
         if stage.weight_decay:
             raise ValueError(f"weight_decay={stage.weight_decay} would move the frozen rows of a new_rows stage; set 0")
         names = select_trainable(model, "embeddings")
+        maps = []
+        if stage.map_lr is not None:  # the maps' hooks see each matrix's gradient before restrict_rows' hooks
+            if donor is None:
+                raise ValueError("map_lr needs the donor's rows of the new tokens: set donor (the model whose "
+                                 "tokenizer the transplant gave)")
+            ids, matrices = donor
+            spaces = [(getattr(model, get)(), space) for space, get in SPACES if space in stage.row_spaces]
+            maps = donor_maps([(m.weight, space) for m, space in spaces if m is not None], ids, matrices)
         # a tied matrix is both spaces: it trains the rows of the spaces asked for
         keep = {space: (mask if space in stage.row_spaces else torch.zeros_like(mask)) for space, mask in rows.items()}
         head = model.get_output_embeddings()
@@ -163,10 +188,11 @@ def prepare_stage(model, stage, rows: dict[str, torch.Tensor] | None = None
             if all(p is not q for q, _ in trained):  # a matrix none of whose rows train: frozen, no gradient at all
                 p.requires_grad_(False)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
-        return model, names, sum(len(ids) * p.shape[1] for p, ids in trained), trained, gate
+        n_train = sum(len(ids) * p.shape[1] for p, ids in trained) + sum(m.param.numel() for m in maps)
+        return StageSetup(model, names, n_train, trained, gate, maps)
     if stage.train == "lora":
         model = with_lora(model, stage.lora_rank, stage.lora_alpha, stage.lora_targets)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
     else:
         names = select_trainable(model, stage.train)
-    return model, names, sum(p.numel() for p in model.parameters() if p.requires_grad), None, None  # tied once
+    return StageSetup(model, names, sum(p.numel() for p in model.parameters() if p.requires_grad), None, None, [])

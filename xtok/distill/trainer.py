@@ -46,10 +46,11 @@ class DistillTrainer(Trainer):
                  ce_weight: float = 0.0, loss_chunk: int = LOSS_CHUNK, on_policy: float = 0.0, prompt_tokens: int = 64,
                  sample_temperature: float = 1.0, fused_head: bool = True,
                  trained_rows: list[tuple[torch.nn.Parameter, torch.Tensor]] | None = None,
-                 row_gate=None, row_sparse_input: bool = True, **kwargs):
+                 row_gate=None, maps=(), map_lr: float | None = None, row_sparse_input: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.trained_rows = trained_rows  # a new_rows stage: RowAdam over these rows replaces the Trainer's optimizer
         self.row_gate = row_gate  # a BatchRows (head_rows: batch): each training micro-batch records its head rows
+        self.maps, self.map_lr = list(maps), map_lr  # DonorMaps of a new_rows stage with map_lr, stepped by RowAdam
         self.row_sparse_input = row_sparse_input
         self._sparse_embedding = None  # the nn.Embedding switched to sparse gradients for this training, if any
         if not 0.0 <= on_policy <= 1.0:
@@ -90,7 +91,7 @@ class DistillTrainer(Trainer):
             lazy = [p for p, _ in self.trained_rows if head is not None and p is head.weight]
             self.optimizer = RowAdam(self.trained_rows, lr=self.args.learning_rate,
                                      betas=(self.args.adam_beta1, self.args.adam_beta2), eps=self.args.adam_epsilon,
-                                     lazy=lazy)
+                                     lazy=lazy, maps=self.maps, map_lr=self.map_lr)
             return self.optimizer
         model = self.model if model is None else model
         embedding = self._row_sparse_embedding(model)

@@ -91,6 +91,16 @@ def _donor_keys(teacher: Tensors | None, teacher_config) -> tuple[str | None, st
     return in_key, head_key if not tied and head_key is not None and head_key in teacher.where else in_key
 
 
+def donor_matrices(folder: str | Path) -> dict[str, torch.Tensor]:
+    """A model folder's input embedding and head (its input embedding where tied), float32, by role ("input",
+    "output"), read alone from its safetensors: the rest of the model is never loaded."""
+    from transformers import AutoConfig
+
+    tensors = Tensors(folder)
+    keys = _donor_keys(tensors, AutoConfig.from_pretrained(folder))
+    return {role: _donor(tensors, key) for role, key in zip(("input", "output"), keys)}
+
+
 def _donor(teacher: Tensors | None, key: str | None) -> torch.Tensor | None:
     return None if teacher is None else _finite(teacher.get(key).float(), f"teacher's {key}")
 
