@@ -89,3 +89,45 @@ def test_donor_map_bad_input():
     assert len(tied) == 1  # a tied matrix has one map, from its first space's donor rows
     short = torch.nn.Parameter(torch.zeros(32, D))  # a matrix shorter than the tokenizer: ids 32 and 35 have no row
     assert donor_maps([(short, "input")], NEW, {"input": torch.ones(8, E)})[0].ids.tolist() == [3, 7, 8, 20, 21, 22, 30]
+
+
+def _ddp_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        w0, donor, steps = _data(2)
+        w = torch.nn.Parameter(w0.clone())
+        maps = donor_maps([(w, "output")], NEW, {"output": donor[NEW]})
+        opt = RowAdam([(w, ROWS)], lr=1e-12, maps=maps, map_lr=0.05)  # the map alone moves the rows
+        for micro in steps:
+            h, y = micro[rank]  # each process its own micro-batch: their map gradients differ
+            w.grad = None
+            _loss(w, h, y).backward()
+            opt.step()
+        torch.save(w.detach(), f"{folder}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_donor_map_averages_its_gradient_over_processes(tmp_path):
+    """Two gloo processes, each with its own micro-batch: their rows stay equal, and equal one process's step on the
+    mean of the two gradients (what DDP does for the model's own gradients)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(a, b)
+    w0, donor, steps = _data(2)
+    w = torch.nn.Parameter(w0.clone())
+    opt = RowAdam([(w, ROWS)], lr=1e-12, maps=donor_maps([(w, "output")], NEW, {"output": donor[NEW]}), map_lr=0.05)
+    for micro in steps:
+        w.grad = None
+        (sum(_loss(w, h, y) for h, y in micro) / 2).backward()
+        opt.step()
+    assert torch.allclose(a, w.detach(), rtol=0, atol=1e-5) and not torch.equal(a, w0)

@@ -78,6 +78,12 @@ class RowAdam(torch.optim.Optimizer):
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
         state["step"] += 1
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # each process's hook saw its own gradient (DDP averages the model's, not this): average it, or the
+            # processes' maps, and so their rows, would part
+            dist.all_reduce(p.grad)
+            p.grad.div_(dist.get_world_size())
         (b1, b2), m, v, step = group["betas"], state["exp_avg"], state["exp_avg_sq"], state["step"]
         m.lerp_(p.grad, 1 - b1)
         v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
