@@ -77,6 +77,8 @@ class RowAdam(torch.optim.Optimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
+        for key in ("exp_avg", "exp_avg_sq"):  # a resumed state loads where the map was before it followed its matrix
+            state[key] = state[key].to(p.device)
         state["step"] += 1
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

@@ -39,8 +39,15 @@ class DonorMap:
         self.param = torch.nn.Parameter(torch.zeros(features.shape[1], weight.shape[1], device=weight.device),
                                         requires_grad=False)
 
+    def _follow(self, device: torch.device) -> None:
+        """Move to the matrix's device: the Trainer moves the model (to a GPU) after the maps are made."""
+        if self.features.device != device:
+            self.features, self.ids = self.features.to(device), self.ids.to(device)
+            self.param.data = self.param.data.to(device)
+
     def record(self, grad: torch.Tensor) -> None:
         """Add ``D^T grad[new]`` to the map's gradient; the matrix's gradient passes on unchanged."""
+        self._follow(grad.device)
         rows = grad.index_select(0, self.ids).float()
         hit = rows.any(1).nonzero()[:, 0]
         if 2 * len(hit) < len(self.ids):  # an input embedding: only the batch's rows have a gradient
@@ -52,7 +59,8 @@ class DonorMap:
     @torch.no_grad()
     def apply(self, delta: torch.Tensor) -> None:
         """The map moved by ``delta`` (e, d): every new row moves by its donor row times it."""
-        self.weight.index_add_(0, self.ids, (self.features @ delta).to(self.weight.dtype))
+        self._follow(self.weight.device)
+        self.weight.index_add_(0, self.ids, (self.features @ delta.to(self.weight.device)).to(self.weight.dtype))
 
 
 def donor_maps(matrices: list[tuple[torch.nn.Parameter, str]], ids: torch.Tensor,
