@@ -11,6 +11,9 @@
     .venv/bin/python scripts/bench_heal.py --reuse bench/results/heal_bf16_30min.json --transplanted DIR \
         --healed HEALED [--score-start] --distill-e2e qwen2.5-coder-0.5b_to_smollm2-135m --precision bf16 \
         --full-logits --out bench/results/heal_bf16_30min.json
+    .venv/bin/python scripts/bench_heal.py --steps 36 --variants ce:input+output:batch \
+        ce:input+output:batch:3e-4 --reuse bench/results/heal_bf16_30min.json --transplanted DIR --score-start \
+        --eval-all --val-docs 8 --val-chars 6000 --curve-points 1 --out bench/results/heal_map.json
 
 (--row-spaces keeps ``input`` as its default so the recorded commands in bench/results reproduce; the library's
 default, chosen with the second command, is input and head rows with ``head_rows: batch``.)
