@@ -86,11 +86,8 @@ class RowAdam(torch.optim.Optimizer):
             # processes' maps, and so their rows, would part
             dist.all_reduce(p.grad)
             p.grad.div_(dist.get_world_size())
-        (b1, b2), m, v, step = group["betas"], state["exp_avg"], state["exp_avg_sq"], state["step"]
-        m.lerp_(p.grad, 1 - b1)
-        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-        denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(group["eps"])
-        self._maps[p].apply(m / denom * (-group["lr"] / (1 - b1 ** step)))
+        m, denom, size = _adam_moments(p.grad, state, state["step"], group)
+        self._maps[p].apply(m / denom * -size)
         p.grad = None
 
 
@@ -101,15 +98,22 @@ def _closure_loss(closure):
         return closure()
 
 
-def _adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, group: dict) -> None:
-    """Adam's update (``torch.optim.Adam``'s single-tensor arithmetic) of the rows ``rows`` of ``p`` from their
-    gradient ``g`` and moments ``state["exp_avg"]``, ``state["exp_avg_sq"]`` (R, d), at step ``step``."""
+def _adam_moments(g: torch.Tensor, state: dict, step: int, group: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``torch.optim.Adam``'s single-tensor arithmetic: the moments ``state["exp_avg"]``, ``state["exp_avg_sq"]`` moved
+    by the gradient ``g`` (in place), and the update's parts at step ``step``: ``-size * m / denom``, as
+    ``(m, denom, size)``."""
     (b1, b2), m, v = group["betas"], state["exp_avg"], state["exp_avg_sq"]
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(g, g, value=1 - b2)
-    bias1, bias2 = 1 - b1 ** step, 1 - b2 ** step
-    denom = (v.sqrt() / math.sqrt(bias2)).add_(group["eps"])
-    p.index_copy_(0, rows, p.index_select(0, rows).addcdiv_(m, denom, value=-group["lr"] / bias1))
+    denom = (v.sqrt() / math.sqrt(1 - b2 ** step)).add_(group["eps"])
+    return m, denom, group["lr"] / (1 - b1 ** step)
+
+
+def _adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, group: dict) -> None:
+    """Adam's update of the rows ``rows`` of ``p`` from their gradient ``g`` and moments ``state["exp_avg"]``,
+    ``state["exp_avg_sq"]`` (R, d), at step ``step``."""
+    m, denom, size = _adam_moments(g, state, step, group)
+    p.index_copy_(0, rows, p.index_select(0, rows).addcdiv_(m, denom, value=-size))
 
 
 def _lazy_adam_rows(p, rows: torch.Tensor, g: torch.Tensor, state: dict, step: int, group: dict) -> None:
