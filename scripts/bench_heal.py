@@ -18,8 +18,9 @@
 (--row-spaces keeps ``input`` as its default so the recorded commands in bench/results reproduce; the library's
 default, chosen with the second command, is input and head rows with ``head_rows: batch``.)
 
-1. Transplant the student to the teacher's tokenizer with the end-to-end recipe's settings (OMP k=8 over 128
-   candidates for the inputs, subword-prior head).
+1. Transplant the student to the teacher's tokenizer with `xtok transplant`'s defaults (OMP k=8 over 128
+   candidates for the inputs, subword-prior head, row_norms cap; runs before 2026-12-07 kept the rows as OMP made
+   them, row_norms keep, which their JSON's transplant section does not name).
 2. Validation (documents of ../shared/corpus/train from source files the bundled training text, which the heal
    trains on, has no part of): the subword-prior head whose families sum to the first piece's probability against the old one
    whose shared first piece kept its full logit ("additive"); the better one is kept.
@@ -281,13 +282,17 @@ def distill_section(args, result, evals, healed: Path, work: Path, ev_texts, ev_
 
 
 def transplant_and_zero_shot(args, result, student, s_tok, work, val_texts, val_domains, ev_texts, ev_domains):
+    from xtok.config import TransplantConfig
+
+    made = TransplantConfig(student=args.student, teacher=args.teacher)  # what `xtok transplant` does by default
+    settings = {"method": made.method, "head_method": made.head_method, "k": made.k, "candidates": made.candidates,
+                "row_norms": made.row_norms}
     teacher, t_tok = load_model(args.teacher)
     with PeakRSS() as mem:
         t0 = time.perf_counter()
-        moved, report = transplant(student, s_tok, t_tok, teacher_model=teacher, method="omp",
-                                   head_method="subword-prior", k=8, candidates=128)
+        moved, report = transplant(student, s_tok, t_tok, teacher_model=teacher, **settings)
         seconds = time.perf_counter() - t0
-    result["transplant"] = {"seconds": round(seconds, 1), "peak_rss_gb": round(mem.peak / 2**30, 2),
+    result["transplant"] = {"seconds": round(seconds, 1), "peak_rss_gb": round(mem.peak / 2**30, 2), "settings": settings,
                             "shared_rows_replaced": report["spaces"]["output"]["subword_prior"]["shared_rows_replaced"]}
     del teacher
 

@@ -14,6 +14,7 @@ from xtok.distill.heal import CURVE_FILE, run_heal
 from xtok.distill.stages import changed_rows
 from xtok.models.load import load_tokenizer
 from xtok.transplant.apply import save_transplant, transplant
+from xtok.vocab.shared import build_token_map
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file
     assert json.loads((out / "distill_run.json").read_text())["fused_head"] is fused  # the heal's option reaches distill
     before = AutoModelForCausalLM.from_pretrained(pair[0])
     after = AutoModelForCausalLM.from_pretrained(out)
-    rows = changed_rows(before, load_tokenizer(str(pair[0])), AutoModelForCausalLM.from_pretrained(pair[1]),
-                        load_tokenizer(str(pair[1])))
+    rows = changed_rows(before, AutoModelForCausalLM.from_pretrained(pair[1]),
+                        build_token_map(load_tokenizer(str(pair[0])), load_tokenizer(str(pair[1]))))
     assert 0 < int(rows["input"].sum()) < len(rows["input"])
     from xtok.distill.data import training_blocks
 
@@ -100,16 +101,16 @@ def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file
 def test_heal_map_moves_every_new_row_and_nothing_the_original_has(pair, tmp_path, data_file, tiny_model_dir):
     """map_lr: the donor's map moves the rows of every new token, those the data never shows too; the original's rows
     and every other weight stay as they were."""
-    from xtok.vocab.shared import build_token_map
 
     donor = tiny_model_dir("smollm2-135m")  # the model whose tokenizer the pair was given: its provenance's teacher
     stage = {"train": "new_rows", "steps": 2, "learning_rate": 1e-2, "scheduler": "constant", "map_lr": 1e-2}
     out, report = run_heal(_cfg(pair, tmp_path, data_file, stages=[stage]))
     before, after = AutoModelForCausalLM.from_pretrained(pair[0]), AutoModelForCausalLM.from_pretrained(out)
     tok, orig_tok = load_tokenizer(str(pair[0])), load_tokenizer(str(pair[1]))
-    rows = changed_rows(before, tok, AutoModelForCausalLM.from_pretrained(pair[1]), orig_tok)
+    tmap = build_token_map(tok, orig_tok)
+    rows = changed_rows(before, AutoModelForCausalLM.from_pretrained(pair[1]), tmap)
     new = torch.zeros_like(rows["input"])
-    new[build_token_map(tok, orig_tok).new_teacher_ids] = True
+    new[tmap.new_teacher_ids] = True
     from xtok.distill.data import training_blocks
 
     held = torch.zeros_like(new)

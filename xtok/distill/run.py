@@ -197,22 +197,20 @@ def check_launch() -> None:
                          "--nproc_per_node N -m xtok distill --config ...")
 
 
-def _changed_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -> dict:
-    """The rows a transplant made (``changed_rows``): the student against ``cfg.original``."""
-    original_spec = resolve_model(cfg.original, cache_dir)
-    original, _ = load_model(original_spec)
+def _changed_rows(cfg: DistillConfig, student_spec: str, tmap, cache_dir) -> dict:
+    """The rows a transplant made (``changed_rows``): the student against ``cfg.original``, ``tmap`` their token map."""
+    original, _ = load_model(resolve_model(cfg.original, cache_dir))
     student, _ = load_model(student_spec)
-    rows = changed_rows(student, tokenizer, original, load_tokenizer(original_spec))
+    rows = changed_rows(student, original, tmap)
     log.info("new_rows stages train %s rows", {k: int(v.sum()) for k, v in rows.items()})
     return rows
 
 
-def donor_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -> tuple[torch.Tensor, dict]:
-    """What ``map_lr`` needs: the ids of the tokens ``cfg.original`` lacks, and the donor's rows of them by role
-    (``cfg.donor``, else the donor or teacher in the student's ``xtok_provenance.json``), the donor's tokenizer checked
-    to be the student's."""
+def donor_rows(cfg: DistillConfig, student_spec: str, tokenizer, tmap, cache_dir) -> tuple[torch.Tensor, dict]:
+    """What ``map_lr`` needs: the ids of the tokens ``cfg.original`` lacks (``tmap``: the student's token map against
+    the original's), and the donor's rows of them by role (``cfg.donor``, else the donor or teacher in the student's
+    ``xtok_provenance.json``), the donor's tokenizer checked to be the student's."""
     from xtok.transplant.stream import donor_matrices
-    from xtok.vocab.shared import build_token_map
 
     spec = cfg.donor
     if spec is None:
@@ -227,8 +225,7 @@ def donor_rows(cfg: DistillConfig, student_spec: str, tokenizer, cache_dir) -> t
     if vocab_fingerprint(load_tokenizer(folder)) != vocab_fingerprint(tokenizer):
         raise ValueError(f"donor {spec} has another tokenizer than {cfg.student}: give as donor the model whose "
                          "tokenizer the transplant gave")
-    original = load_tokenizer(resolve_model(cfg.original, cache_dir))
-    ids = build_token_map(tokenizer, original).new_teacher_ids
+    ids = tmap.new_teacher_ids
     rows = {}
     for role, matrix in donor_matrices(folder).items():  # only the new tokens' rows are kept
         if len(ids) and int(ids.max()) >= matrix.shape[0]:
@@ -253,8 +250,13 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         teacher_tok = load_tokenizer(teacher_spec)
         if meta.get("same_vocab", True):
             check_tokenizers(tokenizer, teacher_tok, cfg.student, cfg.teacher)
+    tmap = None
+    if any(s.train == "new_rows" for s in cfg.stages):  # the rows a transplant made, and the donor map's tokens
+        from xtok.vocab.shared import build_token_map
+
+        tmap = build_token_map(tokenizer, load_tokenizer(resolve_model(cfg.original, cache_dir)))
     # before the run folder exists: a bad donor leaves nothing behind
-    donor = donor_rows(cfg, student_spec, tokenizer, cache_dir) if any(s.map_lr for s in cfg.stages) else None
+    donor = donor_rows(cfg, student_spec, tokenizer, tmap, cache_dir) if any(s.map_lr for s in cfg.stages) else None
     run = _open_run(cfg, out, state)
     t0 = time.perf_counter()
     with state.main_process_first():  # the main process packs the blocks file, the others map it
@@ -286,7 +288,7 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
                                    progress=progress and state.is_main_process)
             teacher = None  # the cache replaces the online teacher; free its memory
     dataset = BlockDataset(blocks, topk, teacher_tokens, chunks)
-    rows = _changed_rows(cfg, student_spec, tokenizer, cache_dir) if any(s.train == "new_rows" for s in cfg.stages) else None
+    rows = _changed_rows(cfg, student_spec, tmap, cache_dir) if tmap is not None else None
     budget = TimeBudget(time.monotonic() + 60 * cfg.max_minutes) if cfg.max_minutes else None
     summaries = []
     model_spec = student_spec

@@ -61,13 +61,10 @@ def merge_lora(model):
     return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
 
 
-def changed_rows(model, model_tok, original, original_tok) -> dict[str, torch.Tensor]:
-    """Per space ("input", "output"), a bool mask over ``model``'s rows: the tokens of ``model_tok`` that
-    ``original_tok`` lacks (byte-canonically), and the shared tokens whose row differs from the original's.
-    Rows past the tokenizer (padding) stay False."""
-    from xtok.vocab.shared import build_token_map
-
-    tmap = build_token_map(model_tok, original_tok)
+def changed_rows(model, original, tmap) -> dict[str, torch.Tensor]:
+    """Per space ("input", "output"), a bool mask over ``model``'s rows: the tokens of its tokenizer that the
+    original's lacks (``tmap``: ``build_token_map(model's tokenizer, original's)``, byte-canonical), and the shared
+    tokens whose row differs from the original's. Rows past the tokenizer (padding) stay False."""
     out = {}
     for space, get in SPACES:
         mine, theirs = getattr(model, get)(), getattr(original, get)()

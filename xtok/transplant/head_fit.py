@@ -112,30 +112,22 @@ def teacher_fit_targets(teacher, windows: list[torch.Tensor], tokens: int, vocab
                         fam=None) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, list | None]:
     """What the head fit reads from the teacher, in one pass over ``windows``: its top-``top_k`` targets (where
     ``top_k`` is given; ``teacher_targets``) and the share map's within-family distributions (where ``fam``, a
-    ``share_map.Families``, is given; ``share_map.family_groups``)."""
+    ``share_map.Families``, is given; ``share_map.FamilyGroups``)."""
     if top_k is not None and top_k < 1:
         raise ValueError(f"head_fit top_k={top_k} must be at least 1")
     if top_k is None and fam is None:
         return None, None
-    tops = []
+    from xtok.transplant.share_map import FamilyGroups
 
-    def passes():
-        for start, logits, targets in teacher_logits(teacher, windows, tokens, vocab_rows):
-            if top_k is not None:
-                top = logits[:, :vocab_rows].topk(top_k, dim=1)
-                tops.append((top.indices, top.values.softmax(dim=1)))
-            yield start, logits, targets
-
-    groups = None
-    if fam is not None:
-        from xtok.transplant.share_map import family_groups
-
-        groups = family_groups(passes(), fam)
-    else:
-        for _ in passes():
-            pass
+    tops, groups = [], None if fam is None else FamilyGroups(fam)
+    for start, logits, targets in teacher_logits(teacher, windows, tokens, vocab_rows):
+        if top_k is not None:
+            top = logits[:, :vocab_rows].topk(top_k, dim=1)
+            tops.append((top.indices, top.values.softmax(dim=1)))
+        if groups is not None:
+            groups.add(start, logits, targets)
     soft = (torch.cat([i for i, _ in tops]), torch.cat([p for _, p in tops])) if top_k is not None else None
-    return soft, groups
+    return soft, None if groups is None else groups.groups()
 
 
 def teacher_targets(teacher, windows: list[torch.Tensor], tokens: int, top_k: int,

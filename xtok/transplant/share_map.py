@@ -107,21 +107,26 @@ class Group:
     teacher: torch.Tensor  # (n, m) probabilities, rows summing to 1
 
 
-def family_groups(passes, fam: Families) -> list[Group]:
+class FamilyGroups:
     """The teacher's within-family distributions at each position whose next token is in one of ``fam``'s families,
-    from ``passes``: (first position, teacher logits (n, V), next token ids (n,)) per window, as
-    ``head_fit.teacher_logits`` gives them (``head_fit.teacher_fit_targets`` runs it)."""
-    family_of = fam.family_of
-    in_multi = torch.zeros(len(family_of), dtype=torch.bool)
-    in_multi[fam.tokens] = True
-    members = fam.members()
-    rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
-    for start, logits, targets in passes:
+    gathered window by window: ``add`` takes what ``head_fit.teacher_logits`` yields (first position, teacher logits
+    (n, V), next token ids (n,)), ``groups`` gives one ``Group`` per family reached."""
+
+    def __init__(self, fam: Families):
+        self.family_of, self.members = fam.family_of, fam.members()
+        self.in_multi = torch.zeros(len(self.family_of), dtype=torch.bool)
+        self.in_multi[fam.tokens] = True
+        self.rows: dict[int, list[tuple[int, torch.Tensor]]] = {}
+
+    def add(self, start: int, logits: torch.Tensor, targets: torch.Tensor) -> None:
         for i, y in enumerate(targets.tolist()):
-            if y < len(family_of) and in_multi[y]:
-                f = int(family_of[y])
-                rows.setdefault(f, []).append((start + i, logits[i, members[f]].softmax(0)))
-    return [Group(torch.tensor([p for p, _ in r]), members[f], torch.stack([q for _, q in r])) for f, r in rows.items()]
+            if y < len(self.family_of) and self.in_multi[y]:
+                f = int(self.family_of[y])
+                self.rows.setdefault(f, []).append((start + i, logits[i, self.members[f]].softmax(0)))
+
+    def groups(self) -> list[Group]:
+        return [Group(torch.tensor([p for p, _ in r]), self.members[f], torch.stack([q for _, q in r]))
+                for f, r in self.rows.items()]
 
 
 def share_loss(m: torch.Tensor, hidden: torch.Tensor, groups: list[Group], weight: torch.Tensor,
