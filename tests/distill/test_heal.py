@@ -101,7 +101,6 @@ def test_heal_trains_only_the_rows_the_transplant_made(pair, tmp_path, data_file
 def test_heal_map_moves_every_new_row_and_nothing_the_original_has(pair, tmp_path, data_file, tiny_model_dir):
     """map_lr: the donor's map moves the rows of every new token, those the data never shows too; the original's rows
     and every other weight stay as they were."""
-
     donor = tiny_model_dir("smollm2-135m")  # the model whose tokenizer the pair was given: its provenance's teacher
     stage = {"train": "new_rows", "steps": 2, "learning_rate": 1e-2, "scheduler": "constant", "map_lr": 1e-2}
     out, report = run_heal(_cfg(pair, tmp_path, data_file, stages=[stage]))

@@ -197,9 +197,9 @@ def check_launch() -> None:
                          "--nproc_per_node N -m xtok distill --config ...")
 
 
-def _changed_rows(cfg: DistillConfig, student_spec: str, tmap, cache_dir) -> dict:
-    """The rows a transplant made (``changed_rows``): the student against ``cfg.original``, ``tmap`` their token map."""
-    original, _ = load_model(resolve_model(cfg.original, cache_dir))
+def _changed_rows(student_spec: str, original_spec: str, tmap) -> dict:
+    """The rows a transplant made (``changed_rows``): the student against its original, ``tmap`` their token map."""
+    original, _ = load_model(original_spec)
     student, _ = load_model(student_spec)
     rows = changed_rows(student, original, tmap)
     log.info("new_rows stages train %s rows", {k: int(v.sum()) for k, v in rows.items()})
@@ -250,11 +250,12 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
         teacher_tok = load_tokenizer(teacher_spec)
         if meta.get("same_vocab", True):
             check_tokenizers(tokenizer, teacher_tok, cfg.student, cfg.teacher)
-    tmap = None
+    tmap = original_spec = None
     if any(s.train == "new_rows" for s in cfg.stages):  # the rows a transplant made, and the donor map's tokens
         from xtok.vocab.shared import build_token_map
 
-        tmap = build_token_map(tokenizer, load_tokenizer(resolve_model(cfg.original, cache_dir)))
+        original_spec = resolve_model(cfg.original, cache_dir)
+        tmap = build_token_map(tokenizer, load_tokenizer(original_spec))
     # before the run folder exists: a bad donor leaves nothing behind
     donor = donor_rows(cfg, student_spec, tokenizer, tmap, cache_dir) if any(s.map_lr for s in cfg.stages) else None
     run = _open_run(cfg, out, state)
@@ -288,7 +289,7 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
                                    progress=progress and state.is_main_process)
             teacher = None  # the cache replaces the online teacher; free its memory
     dataset = BlockDataset(blocks, topk, teacher_tokens, chunks)
-    rows = _changed_rows(cfg, student_spec, tmap, cache_dir) if tmap is not None else None
+    rows = _changed_rows(student_spec, original_spec, tmap) if tmap is not None else None
     budget = TimeBudget(time.monotonic() + 60 * cfg.max_minutes) if cfg.max_minutes else None
     summaries = []
     model_spec = student_spec
