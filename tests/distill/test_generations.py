@@ -63,6 +63,8 @@ def test_generations_are_kept_and_reused(real_tokenizer, tmp_path):
     assert torch.equal(other[:, :7], blocks[:, :7])
     with pytest.raises(AssertionError, match="generated again"):
         teacher_generations(Refuses(), "other teacher", blocks, 7, 8, tok.eos_token_id, tmp_path)
+    with pytest.raises(AssertionError, match="generated again"):  # generations of another precision
+        teacher_generations(Refuses(), "tiny", blocks, 7, 8, tok.eos_token_id, tmp_path, bf16=True)
     with pytest.raises(ValueError, match=r"prompt_tokens=12 must lie in \[1, seq_len=12\)"):
         teacher_generations(teacher, "tiny", blocks, 12, 8, tok.eos_token_id)
 

@@ -248,6 +248,32 @@ def test_teacher_cache_is_keyed_on_temperature_and_stores_the_exact_tail(real_to
                                    atol=0.0)
 
 
+def test_a_bf16_teacher_cache_runs_the_teacher_under_autocast_and_is_keyed_apart(real_tokenizer, tmp_path):
+    """bf16: the cache holds the top-k of the teacher's bf16-autocast logits (checked against that forward pass run
+    directly, softmax in float64), not float32's, and a float32 cache in the same folder is not reused for it."""
+    from tests.conftest import build_tiny
+    from xtok.distill.teacher_cache import build_cache
+
+    tok = real_tokenizer("smollm2-135m")
+    teacher = build_tiny("llama", tok, seed=1)
+    blocks = pack_documents(tok, TEXTS, seq_len=12, max_sequences=3)
+    folder = tmp_path / "cache"
+    exact = build_cache(folder, teacher, "t", blocks, 4, batch_size=2).load()
+    with pytest.raises(ValueError, match="no teacher cache"):
+        build_cache(folder, None, "t", blocks, 4, bf16=True)  # the float32 cache is not the bf16 one
+    half = build_cache(folder, teacher, "t", blocks, 4, batch_size=2, bf16=True)
+    again = build_cache(folder, None, "t", blocks, 4, bf16=True).load()  # now reused: no teacher needed
+    half = half.load()
+    assert torch.equal(again.logprobs, half.logprobs)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the cache's batches: the same bf16 kernels
+        logits = torch.cat([teacher(input_ids=b, attention_mask=torch.ones_like(b)).logits
+                            for b in blocks.long().split(2)])
+    logp = torch.log_softmax(logits.double(), -1)
+    torch.testing.assert_close(half.logprobs.double(), logp.gather(-1, half.ids.long()), rtol=0.0,
+                               atol=8 * EPS32 * (1 + float(logp.abs().max())))
+    assert not torch.equal(half.logprobs, exact.logprobs)  # autocast ran: bf16 products round far coarser
+
+
 def test_bf16_precision_trains_under_autocast_with_float32_weights(tiny_model_dir, tmp_path, data_file, caplog):
     """precision bf16: the products run in bf16 (the losses move off float32's by about bf16's rounding, which they
     would not without autocast), the fused head among them (it used to fall back to the full logits: its check

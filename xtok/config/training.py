@@ -13,7 +13,8 @@ LOSS_CHUNK = 16  # positions per chunk of the loss (distill and heal, and Distil
 
 DONOR_HELP = ("new_rows stages with map_lr: the model whose tokenizer the transplant gave (its embedding and head rows "
               "of the new tokens feed the map); default: the donor or teacher named in the student's xtok_provenance.json")
-PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, weights, optimizer and losses in float32; fast on a GPU "
+PRECISION_HELP = ("float32, or bf16 (autocast: products in bf16, the teacher's generations and top-k cache included; "
+                  "weights, optimizer, softmax and losses in float32; fast on a GPU "
                   "and on CPUs with AMX or avx512_bf16, ~300x slower than float32 on AVX2-only CPUs), or auto (bf16 where it is fast)")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from xtok.distill.data import _map_blocks, blocks_fingerprint, record_blocks, saved_blocks
+from xtok.utils.hardware import autocast_bf16
 from xtok.utils.io import tmp_sibling
 
 log = logging.getLogger(__name__)
@@ -43,16 +44,17 @@ def greedy_continuations(teacher, prompts: torch.Tensor, new_tokens: int,
 
 
 def teacher_generations(teacher, teacher_name: str, blocks: torch.Tensor, prompt_tokens: int, batch_size: int,
-                        eos_token_id: int | list[int] | None, folder: str | Path | None = None, progress: bool = False) -> torch.Tensor:
+                        eos_token_id: int | list[int] | None, folder: str | Path | None = None, progress: bool = False,
+                        bf16: bool = False) -> torch.Tensor:
     """(N, seq_len) int32: each block's first ``prompt_tokens`` and the teacher's greedy continuation to the block's
-    length. With ``folder`` written there (temporary sibling, renamed into place) and memory-mapped; a file made
-    earlier from the same blocks, teacher and settings is reused."""
+    length (``bf16``: generated under bf16 autocast). With ``folder`` written there (temporary sibling, renamed into
+    place) and memory-mapped; a file made earlier from the same blocks, teacher and settings is reused."""
     n, seq_len = blocks.shape
     if not 1 <= prompt_tokens < seq_len:
         raise ValueError(f"generations.prompt_tokens={prompt_tokens} must lie in [1, seq_len={seq_len}): the teacher "
                          "continues each block's first prompt_tokens tokens to its length")
     key = {"blocks": blocks_fingerprint(blocks), "teacher": teacher_name, "prompt_tokens": prompt_tokens,
-           "seq_len": seq_len, "sequences": n}
+           "seq_len": seq_len, "sequences": n, "precision": "bf16" if bf16 else "float32"}
     if folder is not None:
         info, path = Path(folder) / GENERATIONS_INFO, Path(folder) / GENERATIONS_FILE
         saved = saved_blocks(path, info, key, seq_len)
@@ -65,7 +67,9 @@ def teacher_generations(teacher, teacher_name: str, blocks: torch.Tensor, prompt
     teacher = teacher.eval()
     for s in tqdm(range(0, n, batch_size), desc="teacher generations", unit="batch", disable=not progress):
         prompts = blocks[s: s + batch_size, :prompt_tokens].long()
-        out[s: s + len(prompts)] = greedy_continuations(teacher, prompts, seq_len - prompt_tokens, eos_token_id).to(torch.int32)
+        with autocast_bf16(teacher, bf16):
+            out[s: s + len(prompts)] = greedy_continuations(teacher, prompts, seq_len - prompt_tokens,
+                                                            eos_token_id).to(torch.int32)
     if folder is None:
         return out
     tmp = tmp_sibling(path, "tmp")

@@ -265,6 +265,7 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
     topk = teacher_tokens = chunks = None
     if teacher_spec is not None:
         teacher, _ = load_model(teacher_spec)
+        teacher_bf16 = use_bf16(cfg.precision)  # its generations and cache under the run's precision, as its online passes
         if meta.get("chunks"):  # alm: the teacher reads the same text in its own tokens, chunk by chunk, online
             chunks = paired_tokenization(tokenizer, teacher_tok, blocks)
             log.info("chunks: %d of %d tokens outside every chunk", chunks.uncovered, blocks.numel())
@@ -281,12 +282,13 @@ def _run_distill(cfg: DistillConfig, cache_dir, callbacks, progress: bool) -> tu
             with state.main_process_first():
                 blocks = teacher_generations(teacher, str(cfg.teacher), blocks, cfg.generations.prompt_tokens,
                                              cfg.generations.batch_size, teacher_tok.eos_token_id if eos is None else eos,
-                                             run / "data", progress=progress and state.is_main_process)
+                                             run / "data", progress=progress and state.is_main_process,
+                                             bf16=teacher_bf16)
         if meta.get("same_vocab", True) and cfg.teacher_cache.top_k is not None:
             with state.main_process_first():
                 topk = build_cache(run / "teacher-cache", teacher, str(cfg.teacher), blocks, cfg.teacher_cache.top_k,
                                    cfg.teacher_cache.batch_size, temperature=cfg.temperature,
-                                   progress=progress and state.is_main_process)
+                                   progress=progress and state.is_main_process, bf16=teacher_bf16)
             teacher = None  # the cache replaces the online teacher; free its memory
     dataset = BlockDataset(blocks, topk, teacher_tokens, chunks)
     rows = _changed_rows(student_spec, original_spec, tmap) if tmap is not None else None

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from xtok.distill.data import blocks_fingerprint
 from xtok.losses.kd import TeacherTopK, teacher_topk_from_logits
+from xtok.utils.hardware import autocast_bf16
 from xtok.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ FORMAT = 2  # 2: the tail log-mass is stored and the log-probs are at the key's 
 
 @torch.no_grad()
 def teacher_topk(teacher, blocks: torch.Tensor, k: int, batch_size: int = 4, temperature: float = 1.0,
-                 progress: bool = False, bar=None) -> TeacherTopK:
+                 progress: bool = False, bar=None, bf16: bool = False) -> TeacherTopK:
     """The teacher's top-k next tokens at each position of ``blocks`` (n, T), at ``temperature``: (n, T, K) float32
-    log-probs and int32 ids, (n, T) tail log-mass. ``progress`` shows a bar with the time left."""
+    log-probs and int32 ids, (n, T) tail log-mass. ``progress`` shows a bar with the time left. ``bf16``: the
+    teacher's forward pass runs under bf16 autocast; the softmax and the top-k stay float32."""
     vocab = teacher.config.vocab_size
     if not 1 <= k <= vocab:
         raise ValueError(f"teacher_cache.top_k={k} must lie in [1, {vocab}] (the teacher's vocab_size)")
@@ -49,8 +51,9 @@ def teacher_topk(teacher, blocks: torch.Tensor, k: int, batch_size: int = 4, tem
         bar = bar if bar is not None else own
         for s in range(0, n, batch_size):
             batch = blocks[s : s + batch_size].long()
-            logits = teacher(input_ids=batch, attention_mask=torch.ones_like(batch)).logits  # (b, T, V)
-            top = teacher_topk_from_logits(logits, k, temperature)
+            with autocast_bf16(teacher, bf16):
+                logits = teacher(input_ids=batch, attention_mask=torch.ones_like(batch)).logits  # (b, T, V)
+            top = teacher_topk_from_logits(logits.float(), k, temperature)
             rows = slice(s, s + len(batch))
             logprobs[rows], ids[rows], tail[rows] = top.logprobs, top.ids, top.tail
             bar.update(len(batch))
@@ -58,9 +61,9 @@ def teacher_topk(teacher, blocks: torch.Tensor, k: int, batch_size: int = 4, tem
     return TeacherTopK(logprobs, ids, tail, float(temperature))
 
 
-def cache_key(teacher_name: str, blocks: torch.Tensor, k: int, temperature: float = 1.0) -> dict:
+def cache_key(teacher_name: str, blocks: torch.Tensor, k: int, temperature: float = 1.0, bf16: bool = False) -> dict:
     return {"teacher": teacher_name, "data": blocks_fingerprint(blocks), "shape": list(blocks.shape), "top_k": k,
-            "temperature": float(temperature), "format": FORMAT}
+            "temperature": float(temperature), "format": FORMAT, "precision": "bf16" if bf16 else "float32"}
 
 
 FIELDS = ("logprobs", "ids", "tail")
@@ -146,10 +149,12 @@ def load_cache(folder: Path, key: dict) -> ShardedTopK | None:
 
 
 def build_cache(folder: Path, teacher, teacher_name: str, blocks: torch.Tensor, k: int, batch_size: int = 4,
-                shard_sequences: int = 256, temperature: float = 1.0, progress: bool = False) -> ShardedTopK:
-    """Load the cache for this teacher, data, k and temperature from ``folder``, or compute and write it (atomically,
-    a shard at a time: memory holds one shard's top-k)."""
-    key = cache_key(teacher_name, blocks, k, temperature)
+                shard_sequences: int = 256, temperature: float = 1.0, progress: bool = False,
+                bf16: bool = False) -> ShardedTopK:
+    """Load the cache for this teacher, data, k, temperature and precision (``bf16``: the teacher's forward passes
+    under bf16 autocast) from ``folder``, or compute and write it (atomically, a shard at a time: memory holds one
+    shard's top-k)."""
+    key = cache_key(teacher_name, blocks, k, temperature, bf16)
     cached = load_cache(folder, key)
     if cached is not None:
         log.info("teacher cache: reusing %s", folder)
@@ -161,7 +166,7 @@ def build_cache(folder: Path, teacher, teacher_name: str, blocks: torch.Tensor, 
             tqdm(total=len(blocks), desc="teacher cache", unit="seq", disable=not progress) as bar:
         shards = []
         for i, s in enumerate(range(0, len(blocks), shard_sequences)):
-            top = teacher_topk(teacher, blocks[s : s + shard_sequences], k, batch_size, temperature, bar=bar)
+            top = teacher_topk(teacher, blocks[s : s + shard_sequences], k, batch_size, temperature, bar=bar, bf16=bf16)
             name = f"teacher-topk-{i:05d}.safetensors"
             save_file({f: getattr(top, f).contiguous() for f in FIELDS}, tmp / name)
             shards.append(name)

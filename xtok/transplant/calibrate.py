@@ -19,11 +19,12 @@ and, where a head method asks for it (``context=True``), a third:
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 
 import torch
+
+from xtok.utils.hardware import autocast_bf16
 
 
 @dataclass
@@ -68,14 +69,6 @@ def calibration_texts(spec: str, tokens: int) -> list[str]:
         out.extend(rnd)
         chars += sum(map(len, rnd))
     return out
-
-
-def _autocast(model, bf16: bool):
-    """bf16 autocast on ``model``'s device (its products in bf16), or nothing."""
-    if not bf16:
-        return contextlib.nullcontext()
-    weight = next(iter(model.parameters()), None)
-    return torch.autocast("cpu" if weight is None else weight.device.type, dtype=torch.bfloat16)
 
 
 def _final_states(model, tok, texts: list[str], tokens: int, max_len: int, logits: bool, ends: bool = False):
@@ -157,7 +150,7 @@ def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, 
         raise ValueError("the context map needs the teacher model (its hidden states); pass the teacher, or turn "
                          "head_context off")
     t0 = time.perf_counter()
-    with _autocast(student_model, bf16):
+    with autocast_bf16(student_model, bf16):
         student = list(_final_states(student_model, student_tok, texts, tokens, max_len, logits=False, ends=context))
     hidden = torch.cat([h for _, h, _, _ in student])
     d = hidden.shape[1]
@@ -173,7 +166,7 @@ def calibrate(student_model, student_tok, texts: list[str], tokens: int = 2048, 
     if teacher_model is not None:
         prior, n = None, 0
         teacher = []
-        with _autocast(teacher_model, bf16):
+        with autocast_bf16(teacher_model, bf16):
             for i, h_t, logits, where in _final_states(teacher_model, teacher_tok, texts, tokens, max_len, logits=True,
                                                        ends=context):
                 p = torch.softmax(logits, dim=-1).sum(0, dtype=torch.float64)

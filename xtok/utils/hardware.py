@@ -3,6 +3,7 @@ whether bf16 pays here (``fast_bf16``). Benchmarks record ``machine_info()`` bes
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import platform
@@ -45,6 +46,16 @@ def fast_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_features()))
+
+
+def autocast_bf16(model, bf16: bool):
+    """bf16 autocast on ``model``'s device (its products in bf16, for forward passes without gradients), or nothing."""
+    if not bf16:
+        return contextlib.nullcontext()
+    import torch
+
+    device = getattr(model, "device", None)  # a transformers model's; cpu for anything else
+    return torch.autocast(device.type if isinstance(device, torch.device) else "cpu", dtype=torch.bfloat16)
 
 
 def use_bf16(precision: str) -> bool:
