@@ -1,7 +1,8 @@
 """The default transplant through both paths, tensor by tensor: the streaming one (``run_transplant``, what ``xtok
 transplant --config qwen2.5-coder-0.5b_to_smollm2-135m`` runs: calibration, then rows written shard by shard) and the
-in-memory one (``xtok.transplant.apply.transplant`` with the same settings, the route the head fit takes: the whole
-student loaded, copied and saved), both written in float32 so no rounding to the source dtype hides a difference.
+in-memory one (``transplant_in_memory``: ``xtok.transplant.apply.transplant`` with the same settings, the route the
+head fit takes: the whole student loaded, copied and saved), both written in float32 so no rounding to the source
+dtype hides a difference.
 
     .venv/bin/python scripts/check_stream_equal.py            # -> bench/results/stream_equal.json
 
@@ -23,8 +24,8 @@ from safetensors import safe_open
 from xtok.configfile import load_config
 from xtok.models import resolve_model
 from xtok.models.load import load_model, load_tokenizer
-from xtok.transplant.apply import save_transplant, transplant
-from xtok.transplant.run import run_transplant
+from xtok.transplant.apply import save_transplant
+from xtok.transplant.run import run_transplant, transplant_in_memory
 from xtok.utils.hardware import machine_info
 from xtok.utils.io import command_line, package_versions, write_json
 
@@ -52,12 +53,7 @@ def main() -> None:
         t0 = time.perf_counter()
         student, student_tok = load_model(resolve_model(cfg.student))
         teacher, teacher_tok = load_model(resolve_model(cfg.teacher))
-        model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher, method=cfg.method,
-                                   head_method=cfg.head_method, calibration_data=cfg.calibration_data,
-                                   calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
-                                   calibration_precision=cfg.calibration_precision, row_norms=cfg.row_norms,
-                                   safety_z=cfg.safety_z, max_coef_norm=cfg.max_coef_norm, k=cfg.k,
-                                   candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype)
+        model, report = transplant_in_memory(cfg, student, student_tok, teacher_tok, teacher)
         del student, teacher
         gc.collect()
         save_transplant(model, teacher_tok, work / "in_memory", report, dtype="float32")

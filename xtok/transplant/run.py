@@ -78,14 +78,8 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
         teacher_model, teacher_tok = load_model(folders[1], cache_dir)
     else:
         teacher_tok = load_tokenizer(cfg.teacher, cache_dir)
-    model, report = transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
-                               teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
-                               head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
-                               calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
-                               calibration_precision=cfg.calibration_precision, row_norms=cfg.row_norms,
-                               safety_z=cfg.safety_z, max_coef_norm=cfg.max_coef_norm,
-                               k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
-                               progress=progress)
+    model, report = transplant_in_memory(cfg, student, student_tok, teacher_tok, teacher_model, alignment, cache_dir,
+                                         progress)
     report.update(student=cfg.student, teacher=cfg.teacher)
     family_of = first_piece_table(teacher_tok, student_tok, head_module(student).weight.shape[0]) \
         if cfg.head_fit_share_map != "off" else None
@@ -107,6 +101,20 @@ def run_transplant(cfg: TransplantConfig, cache_dir: str | Path | None = None, p
     report["dtype"] = stored_dtype(folders[0]) if cfg.out_dtype == "source" else cfg.out_dtype
     save_transplant(model, teacher_tok, out, report, cfg, overwrite=cfg.overwrite, dtype=report["dtype"])
     return out, report
+
+
+def transplant_in_memory(cfg: TransplantConfig, student, student_tok, teacher_tok, teacher_model=None, alignment=None,
+                         cache_dir: str | Path | None = None, progress: bool = False):
+    """``apply.transplant`` of the loaded ``student`` with ``cfg``'s settings: (the transplanted copy, its report). The
+    in-memory path (the head fit's), which ``check_stream_equal.py`` compares with the streaming one."""
+    return transplant(student, student_tok, teacher_tok, teacher_model=teacher_model, method=cfg.method,
+                      teacher_vocab_size=None if teacher_model is not None else teacher_vocab_size(cfg.teacher, cache_dir),
+                      head_method=cfg.head_method, alignment=alignment, calibration_data=cfg.calibration_data,
+                      calibration_tokens=cfg.calibration_tokens, head_context=cfg.head_context,
+                      calibration_precision=cfg.calibration_precision, row_norms=cfg.row_norms,
+                      safety_z=cfg.safety_z, max_coef_norm=cfg.max_coef_norm,
+                      k=cfg.k, candidates=None if cfg.exact else cfg.candidates, chunk=cfg.chunk, dtype=cfg.dtype,
+                      progress=progress)
 
 
 def _calibration(cfg: TransplantConfig, folders: list[str], tokenizers: tuple, alignment):
