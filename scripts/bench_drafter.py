@@ -12,7 +12,9 @@ target generates greedily without and with the drafter on the same held-out prom
 a time: (a) the untouched drafter keeps its own tokenizer (hf: Universal Assisted Generation, vllm:
 use_heterogeneous_vocab); (b) the drafter transplanted to the target's tokenizer (xtok transplant);
 (c) with --healed / --distilled, the transplanted drafter after `xtok heal` / distillation; (d) the in-family drafter
-(--in-family, a smaller model of the target's own family and tokenizer: what a user would pick instead).
+(--in-family, a smaller model of the target's own family and tokenizer: what a user would pick instead). With
+--draft-vocab 0 N, every drafter on the target's tokenizer also runs with a head of the N most frequent tokens
+(FR-Spec), labelled <kind>+frN.
 Every run measures its own target-alone speed (it varied 2x between runs here), so the speed-up is paired;
 each (backend, drafter, k) is run --repeats times, repeat-major (a stopped run leaves whole repeats), and
 ``summary`` gives min and median. Runs go one after another, never in parallel. Writes
@@ -58,7 +60,8 @@ def summarize(runs: list[dict]) -> list[dict]:
         groups.setdefault(run_key(run)[:3], []).append(run)
     rows = []
     for (backend, kind, k), rs in groups.items():
-        row = {"backend": backend, "drafter_kind": kind, "drafter": rs[0]["drafter"], "k": k, "repeats": len(rs),
+        row = {"backend": backend, "drafter_kind": kind, "drafter": rs[0]["drafter"], "k": k,
+               "draft_vocab": rs[0].get("draft_vocab"), "repeats": len(rs),
                "acceptance_rate": rs[0]["acceptance_rate"], "mean_acceptance_length": rs[0]["mean_acceptance_length"],
                "acceptance_same_every_repeat": len({round(r["acceptance_rate"], 9) for r in rs}) == 1,
                "lossless": all(r["lossless"] for r in rs)}
@@ -91,6 +94,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="runs of each (backend, drafter, k), min and median kept")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                     help="which drafters to run (healed needs --healed, distilled --distilled)")
+    ap.add_argument("--draft-vocab", nargs="+", type=int, default=[0],
+                    help="head sizes for the drafters on the target's tokenizer: 0 = the full head; N = FR-Spec, the N "
+                         "target tokens most frequent in the bundled train split (rows labelled <kind>+fr<N>)")
     ap.add_argument("--append", "--resume", dest="append", action="store_true",
                     help="add to an existing --out written with the same settings, skipping the runs it holds (e.g. "
                          "--kinds distilled after a run without --distilled, or the rest of a stopped run); greedy "
@@ -125,7 +131,11 @@ def main() -> None:
             if kind in sys.argv:
                 sys.exit(f"--kinds {kind} needs --{kind} DIR (the drafter after `{job}`)")
             args.kinds.remove(kind)
-    drafters = {kind: paths[kind] for kind in args.kinds}
+    drafters = {}  # label -> (drafter, cross tokenizer, draft vocab)
+    for kind in args.kinds:
+        drafter, cross = paths[kind]
+        for n in [0] if cross else args.draft_vocab:
+            drafters[kind if not n else f"{kind}+fr{n}"] = (drafter, cross, n)
     if "transplanted" in drafters and not args.transplanted:
         sys.exit("--transplanted DIR is required unless --kinds leaves it out (xtok transplant writes it)")
     started = time.perf_counter() - result.get("total_seconds", 0.0)
@@ -134,14 +144,14 @@ def main() -> None:
     for repeat in range(args.repeats):
         for k in args.k:
             for backend in args.backends:
-                for label, (drafter, cross) in drafters.items():
+                for label, (drafter, cross, n_vocab) in drafters.items():
                     if (backend, label, k, repeat) in done:
                         continue
                     cfg = config_from_dict({"recipe": "draft_check", "target": args.target, "drafter": drafter, "k": k,
                                             "num_prompts": args.num_prompts, "prompt_chars": args.prompt_chars,
                                             "prompt_domains": args.prompt_domains,
                                             "max_new_tokens": args.max_new_tokens, "backend": backend,
-                                            "cross_tokenizer": cross}, "bench")
+                                            "cross_tokenizer": cross, "draft_vocab": n_vocab}, "bench")
                     t0 = time.perf_counter()
                     res = run_draft_check(cfg)
                     run = {"drafter_kind": label, "repeat": repeat, **res, "wall_seconds": round(time.perf_counter() - t0, 1)}

@@ -52,8 +52,9 @@ def test_overrides_and_cross_field_checks(tmp_path):
         load_config("eval/catalogue", ["eval.window"])
 
 
-def test_a_reduced_draft_vocab_is_refused_on_vllm_at_validation():
+def test_a_reduced_draft_vocab_is_refused_across_tokenizers_at_validation():
     base = {"recipe": "draft_check", "target": "t", "drafter": "d"}
-    assert config_from_dict({**base, "draft_vocab": 4096}).draft_vocab == 4096  # hf: accepted
-    with pytest.raises(ValueError, match="draft_vocab=4096 runs on backend hf only"):
-        config_from_dict({**base, "draft_vocab": 4096, "backend": "vllm"})
+    for backend in ("hf", "vllm"):
+        assert config_from_dict({**base, "draft_vocab": 4096, "backend": backend}).draft_vocab == 4096
+    with pytest.raises(ValueError, match="draft_vocab=4096 needs the drafter on the target's tokenizer"):
+        config_from_dict({**base, "draft_vocab": 4096, "cross_tokenizer": True})

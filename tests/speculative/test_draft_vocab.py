@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny
-from xtok.speculative.draft_vocab import DraftHead, frequent_tokens, head_view, padded_copy
+from xtok.speculative.draft_vocab import DraftHead, check_draft_vocab, frequent_tokens, head_view, padded_copy
 from xtok.speculative.hf import hf_draft_check
 from xtok.speculative.inputs import check_drafter_context, check_vocab, drafter_size_warning
+from xtok.speculative.vllm_worker import install_draft_vocab
 
 PROMPTS = ["The quick brown fox", "def add(a, b):\n    return"]
 
@@ -154,3 +155,47 @@ def test_padded_copy_for_vllm(tmp_path, tok):
                      (out.get_output_embeddings(), model.get_output_embeddings())):
         torch.testing.assert_close(new.weight[: len(tok)], old.weight)
         assert new.weight.shape[0] == size and (new.weight[len(tok) :] == 0).all()
+
+
+def test_vllm_draft_vocab_choice_is_the_masked_full_heads_argmax():
+    """install_draft_vocab (the vLLM worker's FR-Spec) on a stand-in worker: its greedy choice equals the argmax of
+    the full head's logits (with bias) where every id outside ``keep`` is masked, ties included (lower id wins)."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    with torch.no_grad():
+        head.weight[7] = head.weight[3]  # ids 3 and 7 tie on every input
+        head.bias[7] = head.bias[3]
+    proposer = SimpleNamespace(model=SimpleNamespace(lm_head=head), _greedy_sample=lambda h: None)
+    worker = SimpleNamespace(model_runner=SimpleNamespace(drafter=proposer))
+    keep = [40, 3, 7, 11, 12, 0, 25]  # unsorted on purpose
+    assert install_draft_vocab(worker, keep) == len(keep)
+    hidden = torch.randn(64, 8)
+    with torch.no_grad():
+        full = head(hidden).double()
+        full[:, [i for i in range(50) if i not in keep]] = float("-inf")
+        got = proposer._greedy_sample(hidden)
+    assert torch.equal(got, full.argmax(-1)) and set(got.tolist()) <= set(keep)
+    tie = torch.zeros(1, 8)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[[3, 7]] = 1.0
+    # the tensors were copied at install: a fresh install sees the new weights, and the tie goes to the lower id
+    install_draft_vocab(worker, keep)
+    assert proposer._greedy_sample(tie).tolist() == [3]
+    for bad in ([], [50], [-1]):
+        with pytest.raises(ValueError, match=r"must lie in \[0, 50\)"):
+            install_draft_vocab(worker, bad)
+    with pytest.raises(ValueError, match="no _greedy_sample or no plain lm_head"):
+        install_draft_vocab(SimpleNamespace(model_runner=None), keep)
+
+
+def test_check_draft_vocab_names_the_range_and_the_cross_tokenizer_conflict():
+    check_draft_vocab(None, 10, cross_tokenizer=True)  # no reduction: nothing to check
+    check_draft_vocab(torch.tensor([0, 9]), 10)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 10\) \(got 2 ids in \[0, 10\]\)"):
+        check_draft_vocab(torch.tensor([0, 10]), 10)
+    with pytest.raises(ValueError, match=r"got 0 ids\)"):
+        check_draft_vocab(torch.tensor([], dtype=torch.long), 10)
+    with pytest.raises(ValueError, match="drop --draft-vocab or --cross-tokenizer"):
+        check_draft_vocab(torch.tensor([1]), 10, cross_tokenizer=True)

@@ -15,6 +15,7 @@ import torch
 from tests.conftest import build_tiny
 from tests.speculative.reference import assert_rejects_bad_input, reference_rounds
 from xtok.speculative import vllm_backend
+from xtok.speculative.draft_vocab import head_view
 from xtok.speculative.metrics import summarize_rounds
 from xtok.speculative.vllm_backend import vllm_draft_check
 
@@ -74,6 +75,24 @@ def test_counts_and_tokens_match_a_plain_reference_loop(models):
 
 
 @needs_vllm
+def test_reduced_draft_vocab_matches_the_reference_loop_with_a_masked_head(models):
+    """FR-Spec on vLLM: with the even ids kept, vLLM's counts equal a plain loop whose drafter scores only those rows
+    (hf head_view), which differ from the full head's, and the output is still the target's own."""
+    tok, target, drafter = models["tok"], models["target"], models["drafter"]
+    ids = tok(PROMPTS[0], return_tensors="pt")["input_ids"]
+    keep = torch.arange(0, len(tok), 2)
+    full, _ = reference_rounds(target, drafter, ids, k=3, max_new=10, vllm_style=True)
+    with head_view(drafter, len(tok), keep):
+        masked, _ = reference_rounds(target, drafter, ids, k=3, max_new=10, vllm_style=True)
+    ref = summarize_rounds(masked, 3)
+    assert ref != summarize_rounds(full, 3)  # the reduction changed the counts: the full head's would not pass
+    res = vllm_draft_check(models["target_dir"], models["drafter_dir"], tok, PROMPTS[:1], k=3, max_new_tokens=10,
+                           draft_vocab=keep)
+    assert {key: res[key] for key in ref} == ref
+    assert res["lossless"] and res["draft_vocab"] == keep.numel()
+
+
+@needs_vllm
 def test_self_drafting_through_the_cli_accepts_everything(models, tmp_path):
     from tests.test_cli import xtok
 
@@ -98,6 +117,11 @@ def test_cross_tokenizer_baseline_is_lossless(models):
 def test_bad_inputs_fail_before_vllm_starts(models, monkeypatch):
     t, d, tok = models["target_dir"], models["drafter_dir"], models["tok"]
     assert_rejects_bad_input(vllm_draft_check, t, d, models["other_dir"], tok, PROMPTS)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 49152\)"):
+        vllm_draft_check(t, d, tok, PROMPTS, k=2, max_new_tokens=4, draft_vocab=torch.tensor([0, 49152]))
+    with pytest.raises(ValueError, match="drop --draft-vocab or --cross-tokenizer"):
+        vllm_draft_check(t, models["other_dir"], tok, PROMPTS, k=2, max_new_tokens=4, draft_vocab=torch.tensor([0]),
+                         drafter_tokenizer=models["q_tok"], cross_tokenizer=True)
     monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: False)
     with pytest.raises(RuntimeError, match=r"install.sh --vllm"):
         vllm_draft_check(t, d, tok, PROMPTS, k=2, max_new_tokens=4)

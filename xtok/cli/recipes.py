@@ -240,8 +240,8 @@ def draft_check_cmd(
     backend: Annotated[str, typer.Option(help="hf or vllm (xtok ls lists backends)")] = "hf",
     cross_tokenizer: Annotated[bool, typer.Option(help="baseline: the drafter keeps its own tokenizer (hf: UAG, "
                                                        "vllm: heterogeneous vocab)")] = False,
-    draft_vocab: Annotated[int, typer.Option(help="hf: the drafter scores only the N most frequent target tokens "
-                                                  "(FR-Spec); 0 = its full head")] = 0,
+    draft_vocab: Annotated[int, typer.Option(help="the drafter scores only the N most frequent target tokens "
+                                                  "(FR-Spec, both backends); 0 = its full head")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="JSON output (default xtok-out/draft-check/<drafter>.json)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON line")] = False,
 ) -> None:

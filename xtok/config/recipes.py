@@ -118,16 +118,17 @@ class DraftCheckConfig(Strict):
     backend: DraftBackend = Field("hf", description="hf (transformers assisted generation) or vllm (needs the vllm extra)")
     cross_tokenizer: bool = Field(False, description="baseline: the drafter keeps its own tokenizer (hf: Universal "
                                   "Assisted Generation, vllm: use_heterogeneous_vocab)")
-    draft_vocab: int = Field(0, ge=0, description="hf: score only the N tokens most frequent in draft_vocab_corpus; 0 = all")
+    draft_vocab: int = Field(0, ge=0, description="the drafter scores only the N target tokens most frequent in "
+                             "draft_vocab_corpus (FR-Spec; both backends, not with cross_tokenizer); 0 = its full head")
     draft_vocab_corpus: str = "bundled:train"
     dtype: DType = "float32"
     out: str | None = None
 
     @model_validator(mode="after")
     def _draft_vocab_backend(self) -> DraftCheckConfig:
-        if self.draft_vocab and self.backend != "hf":
-            raise ValueError(f"draft_vocab={self.draft_vocab} runs on backend hf only (vLLM's draft_model scores the "
-                             f"drafter's full head); set draft_vocab to 0 or the backend to hf")
+        if self.draft_vocab and self.cross_tokenizer:
+            raise ValueError(f"draft_vocab={self.draft_vocab} needs the drafter on the target's tokenizer, and "
+                             "cross_tokenizer is set; set draft_vocab to 0 or cross_tokenizer to false")
         return self
 
 

@@ -19,6 +19,23 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 
+CROSS_TOKENIZER = ("a reduced draft vocabulary needs the drafter on the target's tokenizer; drop --draft-vocab or "
+                   "--cross-tokenizer")
+
+
+def check_draft_vocab(keep: torch.Tensor | None, size: int, cross_tokenizer: bool = False) -> None:
+    """A reduced draft vocabulary ``keep`` must be target ids in [0, ``size``), at least one, with the drafter on the
+    target's tokenizer."""
+    if keep is None:
+        return
+    if cross_tokenizer:
+        raise ValueError(CROSS_TOKENIZER)
+    if keep.numel() == 0 or int(keep.min()) < 0 or int(keep.max()) >= size:
+        raise ValueError(f"draft vocabulary ids must lie in [0, {size}) (got {keep.numel()} ids"
+                         f"{f' in [{int(keep.min())}, {int(keep.max())}]' if keep.numel() else ''}); count them with "
+                         "frequent_tokens on the target's tokenizer")
+
+
 def frequent_tokens(tokenizer, texts: list[str], n: int) -> torch.Tensor:
     """The ``n`` ids of ``tokenizer`` most frequent in ``texts`` (ties and unseen tokens in id order), special tokens
     always among them; sorted ascending."""

