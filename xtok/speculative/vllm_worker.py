@@ -93,12 +93,21 @@ def install_draft_vocab(worker, keep: list[int]) -> int:
     if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]:
         raise ValueError(f"draft vocabulary ids must lie in [0, {weight.shape[0]}) (the drafter's head rows)")
     ids = ids.sort().values
-    rows = weight.detach()[ids].contiguous()
     bias = getattr(head, "bias", None)
-    bias = None if not isinstance(bias, torch.Tensor) else bias.detach()[ids]
+    reduced = torch.nn.Module()  # the kept rows as a layer of their own
+    reduced.weight = torch.nn.Parameter(weight.detach()[ids].contiguous(), requires_grad=False)
+    reduced.bias = None if not isinstance(bias, torch.Tensor) else bias.detach()[ids]
+    linear = F.linear
+    if callable(getattr(head, "cpu_linear", None)):
+        # vLLM's CPU head runs a kernel it chose at load (oneDNN here: 2.3x torch's F.linear for one token); the
+        # reduced head gets the same choice, or its saving would go to a slower product
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        dispatch_cpu_unquantized_gemm(reduced, remove_weight=False)
+        linear = reduced.cpu_linear
 
     def greedy_sample(hidden_states: torch.Tensor) -> torch.Tensor:
-        return ids[F.linear(hidden_states, rows.to(hidden_states.dtype), bias).argmax(dim=-1)]
+        return ids[linear(hidden_states, reduced.weight, reduced.bias).argmax(dim=-1)]
 
     proposer._greedy_sample = greedy_sample  # an instance attribute: found before the class's method
     return int(ids.numel())
