@@ -131,5 +131,5 @@ def vllm_draft_check(target: str, drafter: str, tokenizer, prompts: list[str], *
         out["time"] = time_breakdown(plain["seconds"], p_time["target"], plain_tokens, spec["seconds"], s_time["drafter"],
                                      s_time["target"], c["rounds"])
     return {**out, "vllm_version": res["vllm_version"],
-            "draft_vocab": None if draft_vocab is None else int(draft_vocab.numel()), "drafter_padded_to_target_vocab": padded,
+            "draft_vocab": res.get("draft_vocab_rows"), "drafter_padded_to_target_vocab": padded,
             "warnings": [size_warning] if size_warning else []}

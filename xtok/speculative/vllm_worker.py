@@ -89,9 +89,10 @@ def install_draft_vocab(worker, keep: list[int]) -> int:
     if not callable(getattr(proposer, "_greedy_sample", None)) or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError("this vLLM's drafter has no _greedy_sample or no plain lm_head weight to reduce; run the "
                          "reduced draft vocabulary on --backend hf, or without --draft-vocab")
+    from xtok.speculative.draft_vocab import check_draft_vocab
+
     ids = torch.tensor(keep, dtype=torch.long, device=weight.device)
-    if ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= weight.shape[0]:
-        raise ValueError(f"draft vocabulary ids must lie in [0, {weight.shape[0]}) (the drafter's head rows)")
+    check_draft_vocab(ids, weight.shape[0])  # the drafter's head rows
     ids = ids.sort().values
     bias = getattr(head, "bias", None)
     reduced = torch.nn.Module()  # the kept rows as a layer of their own
