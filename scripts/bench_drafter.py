@@ -68,11 +68,44 @@ def summarize(runs: list[dict]) -> list[dict]:
         for col in SUMMED:
             vals = [r[col] for r in rs]
             row[col] = {"min": min(vals), "median": statistics.median(vals), "max": max(vals)}
-        drafting = [r["time"]["round_cost_in_target_steps"]["drafting_s"] for r in rs if r.get("time")]
-        if drafting and all(v is not None for v in drafting):
-            row["drafting_cost_in_target_steps_median"] = statistics.median(drafting)
+        for part in ("drafting", "verification"):
+            costs = [r["time"]["round_cost_in_target_steps"][f"{part}_s"] for r in rs if r.get("time")]
+            if costs and all(v is not None for v in costs):
+                row[f"{part}_cost_in_target_steps_median"] = statistics.median(costs)
         rows.append(row)
     return rows
+
+
+LABELS = {"in_family": "in-family {drafter}", "untouched": "untouched {drafter} (across tokenizers)",
+          "transplanted": "transplanted", "healed": "+ healed", "distilled": "+ distilled for drafting"}
+
+
+def markdown_table(runs: list[dict]) -> str:
+    """The README's table: one line per (backend, k, drafter), median (min–max) of the speeds over the repeats."""
+    def spread(v: dict) -> str:
+        return f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})" if v["min"] != v["max"] else f"{v['median']:.2f}"
+
+    def order(row: dict) -> tuple:
+        kind, _, fr = row["drafter_kind"].partition("+")
+        return row["backend"], row["k"], KINDS.index(kind), fr
+
+    lines = ["| backend | k | drafter | repeats | acceptance | mean acceptance length | tok/s alone | tok/s drafted "
+             "| speed-up | drafting / verification per round, in target steps | lossless |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(summarize(runs), key=order):
+        kind, _, fr = row["drafter_kind"].partition("+")
+        name = LABELS[kind].format(drafter=Path(row["drafter"]).name)
+        if fr:
+            name += f", head of {row['draft_vocab']:,} rows"
+        cost = "—"
+        if "verification_cost_in_target_steps_median" in row:
+            cost = (f"{row['drafting_cost_in_target_steps_median']:.2f} / "
+                    f"{row['verification_cost_in_target_steps_median']:.2f}")
+        lines.append(f"| {row['backend']} | {row['k']} | {name} | {row['repeats']} | {row['acceptance_rate']:.3f} "
+                     f"| {row['mean_acceptance_length']:.2f} | {spread(row['tokens_per_second_target_alone'])} "
+                     f"| {spread(row['tokens_per_second_with_drafter'])} | {spread(row['speedup'])} | {cost} "
+                     f"| {'yes' if row['lossless'] else 'NO'} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -103,8 +136,14 @@ def main() -> None:
                          "acceptance is deterministic, and each run measures its own target-alone speed")
     ap.add_argument("--out", default=None, help="default bench/results/drafter.json, or drafter-<size>.json for "
                                                 "another target")
+    ap.add_argument("--table", action="store_true",
+                    help="print the markdown table (median and range over the repeats) of --out and exit; runs nothing")
     args = ap.parse_args()
     args.out = args.out or default_out(args.target)
+    if args.table:
+        with open(args.out, encoding="utf-8") as f:
+            print(markdown_table(json.load(f)["runs"]))
+        return
     if args.in_family == args.target:
         args.kinds = [k for k in args.kinds if k != "in_family"]  # the default target has no smaller family member here
 
