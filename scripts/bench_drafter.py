@@ -85,15 +85,19 @@ def markdown_table(runs: list[dict]) -> str:
     def spread(v: dict) -> str:
         return f"{v['median']:.2f} ({v['min']:.2f}–{v['max']:.2f})" if v["min"] != v["max"] else f"{v['median']:.2f}"
 
-    def order(row: dict) -> tuple:
+    def label(row: dict) -> tuple[str, str]:  # "distilled+fr32768" -> ("distilled", "fr32768")
         kind, _, fr = row["drafter_kind"].partition("+")
+        return kind, fr
+
+    def order(row: dict) -> tuple:
+        kind, fr = label(row)
         return row["backend"], row["k"], KINDS.index(kind), fr
 
     lines = ["| backend | k | drafter | repeats | acceptance | mean acceptance length | tok/s alone | tok/s drafted "
              "| speed-up | drafting / verification per round, in target steps | lossless |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(summarize(runs), key=order):
-        kind, _, fr = row["drafter_kind"].partition("+")
+        kind, fr = label(row)
         name = LABELS[kind].format(drafter=Path(row["drafter"]).name)
         if fr:
             name += f", head of {row['draft_vocab']:,} rows"
